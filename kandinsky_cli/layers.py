@@ -1,0 +1,216 @@
+"""Building blocks shared by every network: parameter names mirror the PyTorch checkpoints.
+
+MindSpore's own ``nn.LayerNorm``/``nn.GroupNorm``/``nn.Embedding`` name their parameters
+``gamma``/``beta``/``embedding_table``; the cells here hold ``weight``/``bias`` so that a Cell tree that
+mirrors the diffusers/transformers attribute names loads a checkpoint by plain name match.
+Only ``mindspore.nn``/``mindspore.ops`` kernels are used (they exist on CPU, GPU and Ascend).
+Parameters start as zeros: every one of them is overwritten by the checkpoint loader.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+
+def _zeros(shape, dtype=ms.float32) -> Parameter:
+    return Parameter(Tensor(np.zeros(shape, dtype=np.float32), dtype))
+
+
+def Linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
+    """``torch.nn.Linear``: ``weight`` [out, in] and optional ``bias`` [out]."""
+    return nn.Dense(in_features, out_features, weight_init="zeros", bias_init="zeros", has_bias=bias)
+
+
+def Conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding=0,
+           bias: bool = True) -> nn.Conv2d:
+    """``torch.nn.Conv2d``: ``weight`` [out, in, kh, kw], ``bias`` [out]; explicit zero padding."""
+    if padding == 0:
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid",
+                         has_bias=bias, weight_init="zeros", bias_init="zeros")
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad", padding=padding,
+                     has_bias=bias, weight_init="zeros", bias_init="zeros")
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with torch's parameter names (``weight``, ``bias``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = _zeros((dim,))
+        self.bias = _zeros((dim,))
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        return self.norm(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))[0]
+
+
+class GroupNorm(nn.Cell):
+    """GroupNorm over NCHW with torch's parameter names (``weight``, ``bias``)."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_groups = num_groups
+        self.eps = eps
+        self.weight = _zeros((num_channels,))
+        self.bias = _zeros((num_channels,))
+
+    def construct(self, x):
+        return ops.group_norm(x, self.num_groups, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.eps)
+
+
+class Embedding(nn.Cell):
+    """``torch.nn.Embedding``: a ``weight`` table [num, dim] indexed by integer ids."""
+
+    def __init__(self, num_embeddings: int, dim: int):
+        super().__init__()
+        self.weight = _zeros((num_embeddings, dim))
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+def quick_gelu(x):
+    return x * ops.sigmoid(1.702 * x)
+
+
+def gelu(x):
+    """Exact (erf) GELU, as torch's default ``nn.GELU()`` / transformers' ``"gelu"``."""
+    return ops.gelu(x, approximate="none")
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu, "silu": ops.silu}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}") from None
+
+
+def attention(q, k, v, heads: int, mask=None):
+    """Multi-head scaled dot-product attention on (B, L, C) tensors.
+
+    ``mask`` is additive and broadcasts against (B, heads, Lq, Lk). The softmax runs in float32
+    (diffusers' ``upcast_softmax``), the matmuls in the input dtype.
+    """
+    b, lq, c = q.shape
+    lk = k.shape[1]
+    d = c // heads
+    q = q.reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
+    k = k.reshape(b, lk, heads, d).transpose(0, 2, 3, 1)
+    v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
+    scores = ops.matmul(q, k) * (d ** -0.5)
+    if mask is not None:
+        scores = scores + mask.astype(scores.dtype)
+    probs = ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype)
+    out = ops.matmul(probs, v)
+    return out.transpose(0, 2, 1, 3).reshape(b, lq, c)
+
+
+def timestep_embedding(timesteps: np.ndarray, dim: int, flip_sin_to_cos: bool = True,
+                       downscale_freq_shift: float = 0.0, max_period: int = 10000) -> np.ndarray:
+    """Sinusoidal timestep embedding (diffusers ``get_timestep_embedding``), float32, computed on the host.
+
+    Returns (B, dim); cos first when ``flip_sin_to_cos``.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * np.arange(half, dtype=np.float32)
+    exponent = (exponent / np.float32(half - downscale_freq_shift)).astype(np.float32)
+    freqs = np.exp(exponent).astype(np.float32)
+    args = np.asarray(timesteps, dtype=np.float32).reshape(-1, 1) * freqs[None, :]
+    emb = np.concatenate([np.sin(args), np.cos(args)], axis=-1).astype(np.float32)
+    if flip_sin_to_cos:
+        emb = np.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2 == 1:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def upsample_nearest2x(x):
+    return ops.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2), mode="nearest")
+
+
+def avg_pool2x(x):
+    return ops.avg_pool2d(x, kernel_size=2, stride=2)
+
+
+class SpatialNorm(nn.Cell):
+    """MoVQ's spatially conditioned GroupNorm: GN(f) * conv_y(zq') + conv_b(zq'), zq' = nearest-resized zq.
+
+    The GroupNorm has 32 groups and eps 1e-6 (hard-coded in diffusers, whatever the model config says).
+    """
+
+    def __init__(self, f_channels: int, zq_channels: int):
+        super().__init__()
+        self.norm_layer = GroupNorm(32, f_channels, eps=1e-6)
+        self.conv_y = Conv2d(zq_channels, f_channels, 1)
+        self.conv_b = Conv2d(zq_channels, f_channels, 1)
+
+    def construct(self, f, zq):
+        zq = ops.interpolate(zq, size=(f.shape[2], f.shape[3]), mode="nearest")
+        return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
+
+
+class ResnetBlock2D(nn.Cell):
+    """diffusers' ResnetBlock2D / ResnetBlockCondNorm2D (spatial norm), as used by the UNet and MoVQ.
+
+    - ``temb_channels``: size of the time embedding (None: no ``time_emb_proj``);
+      ``time_embedding_norm``: "default" (add before norm2) or "scale_shift" (norm2 * (1 + scale) + shift).
+    - ``spatial_norm_channels``: when set, norm1/norm2 are SpatialNorm conditioned on ``zq`` (the MoVQ decoder).
+    - ``up``/``down``: nearest x2 / average-pool /2 applied to both the hidden state and the shortcut input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: Optional[int] = None, temb_channels: Optional[int] = None,
+                 groups: int = 32, eps: float = 1e-6, time_embedding_norm: str = "default",
+                 spatial_norm_channels: Optional[int] = None, up: bool = False, down: bool = False):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.spatial = spatial_norm_channels is not None
+        if self.spatial:
+            self.norm1 = SpatialNorm(in_channels, spatial_norm_channels)
+            self.norm2 = SpatialNorm(out_channels, spatial_norm_channels)
+        else:
+            self.norm1 = GroupNorm(groups, in_channels, eps=eps)
+            self.norm2 = GroupNorm(groups, out_channels, eps=eps)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
+        self.scale_shift = time_embedding_norm == "scale_shift"
+        if time_embedding_norm not in ("default", "scale_shift"):
+            raise ValueError(f"unsupported resnet_time_scale_shift {time_embedding_norm!r}")
+        self.has_temb = temb_channels is not None
+        if self.has_temb:
+            self.time_emb_proj = Linear(temb_channels, out_channels * 2 if self.scale_shift else out_channels)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        self.has_shortcut = in_channels != out_channels
+        if self.has_shortcut:
+            self.conv_shortcut = Conv2d(in_channels, out_channels, 1)
+        self.up = up
+        self.down = down
+
+    def construct(self, x, temb=None, zq=None):
+        h = self.norm1(x, zq) if self.spatial else self.norm1(x)
+        h = ops.silu(h)
+        if self.up:
+            x = upsample_nearest2x(x)
+            h = upsample_nearest2x(h)
+        elif self.down:
+            x = avg_pool2x(x)
+            h = avg_pool2x(h)
+        h = self.conv1(h)
+        if self.has_temb:
+            t = self.time_emb_proj(ops.silu(temb))[:, :, None, None]
+            if self.scale_shift:
+                scale, shift = ops.split(t, t.shape[1] // 2, axis=1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + t)
+        else:
+            h = self.norm2(h, zq) if self.spatial else self.norm2(h)
+        h = self.conv2(ops.silu(h))
+        if self.has_shortcut:
+            x = self.conv_shortcut(x)
+        return x + h

@@ -1,0 +1,173 @@
+"""Finding model folders, reading configs and loading safetensors weights into MindSpore cells.
+
+One module owns every checkpoint detail: hub resolution, file names (single, sharded, fp16 variants),
+strict one-to-one name matching, and the few documented key renames/ignores. Only safetensors are read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
+DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
+
+# What a pipeline folder needs from the hub: configs, tokenizer files and safetensors weights only.
+HUB_ALLOW_PATTERNS = [
+    "model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors",
+    "*/*.safetensors.index.json",
+]
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+TRANSFORMERS_WEIGHTS = "model"
+
+# Keys present in some published files that are buffers or unused heads, not parameters.
+KNOWN_IGNORED = (
+    re.compile(r"(^|\.)position_ids$"),
+    re.compile(r"^transformer\.pooler\."),
+)
+
+# Deprecated attention names that diffusers still converts at load time (VAE-style attention blocks).
+LEGACY_ATTENTION_NAMES = (
+    (re.compile(r"\.query\.(weight|bias)$"), r".to_q.\1"),
+    (re.compile(r"\.key\.(weight|bias)$"), r".to_k.\1"),
+    (re.compile(r"\.value\.(weight|bias)$"), r".to_v.\1"),
+    (re.compile(r"\.proj_attn\.(weight|bias)$"), r".to_out.0.\1"),
+)
+
+
+def offline_requested(offline: bool = False) -> bool:
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model)) and not model.startswith((".", "/"))
+
+
+def resolve_model_dir(model: str, offline: bool = False, revision: Optional[str] = None) -> Path:
+    """A local pipeline folder, or a hub id downloaded (configs, tokenizers, safetensors) into the HF cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"model folder {model} has no model_index.json (expected a diffusers pipeline folder)")
+        return path
+    if not looks_like_hub_id(model):
+        raise UserError(f"model {model!r} is neither an existing folder nor a hub id like 'owner/name'")
+    try:
+        from huggingface_hub import snapshot_download
+        local = snapshot_download(repo_id=model, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS,
+                                  local_files_only=offline_requested(offline))
+    except Exception as exc:  # the hub library raises many types; all mean "not available here"
+        how = ("it is not in the local Hugging Face cache and offline mode is on; run once with network access "
+               f"or `huggingface-cli download {model}`" if offline_requested(offline)
+               else "download failed (no network or no such repo); pass a local folder or pre-fetch it with "
+               f"`huggingface-cli download {model}`")
+        raise UserError(f"model {model!r}: {how} ({type(exc).__name__})") from None
+    return Path(local)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"missing file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def read_config(component_dir: Path, name: str = "config.json") -> dict:
+    return read_json(Path(component_dir) / name)
+
+
+def weight_files(component_dir: Path, base: str, variant: Optional[str] = None) -> list:
+    """The safetensors files of one component: ``base[.variant].safetensors`` or its shards."""
+    component_dir = Path(component_dir)
+    candidates = ([f"{base}.{variant}"] if variant else []) + [base]
+    for stem in candidates:
+        single = component_dir / f"{stem}.safetensors"
+        if single.is_file():
+            return [single]
+        index = component_dir / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (component_dir / s).is_file()]
+            if missing:
+                raise UserError(f"{index} names shard(s) that are missing: {', '.join(missing)}")
+            return [component_dir / s for s in shards]
+    bins = [p.name for p in component_dir.glob("*.bin")] + [p.name for p in component_dir.glob("*.ckpt")]
+    hint = (f" (only pickle files {', '.join(bins)} are present; they are never loaded: convert them to safetensors)"
+            if bins else "")
+    raise UserError(f"no {base}.safetensors in {component_dir}{hint}")
+
+
+def read_safetensors(files: Sequence[Path]) -> Dict[str, np.ndarray]:
+    """Every tensor of the given safetensors files as numpy arrays (memory-mapped reads)."""
+    from safetensors import safe_open
+
+    state: Dict[str, np.ndarray] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+        except Exception as exc:  # SafetensorError, OSError, bad headers, unsupported dtypes
+            raise UserError(f"cannot read weights {path}: corrupt, truncated or unsupported safetensors file "
+                            f"({exc})") from None
+    return state
+
+
+def _rename_legacy(key: str) -> str:
+    for pattern, repl in LEGACY_ATTENTION_NAMES:
+        if pattern.search(key):
+            return pattern.sub(repl, key)
+    return key
+
+
+def load_weights(cell, component_dir: Path, base: str, dtype=None, variant: Optional[str] = None,
+                 ignore: Iterable = KNOWN_IGNORED, rename: Optional[Callable[[str], str]] = _rename_legacy):
+    """Strictly load a component's safetensors into ``cell``: every parameter exactly once, same shapes.
+
+    A missing, unexpected or wrongly shaped tensor is an error naming the key (and both shapes).
+    ``dtype`` (a MindSpore dtype) casts floating-point weights; None keeps float32.
+    """
+    import mindspore as ms
+
+    files = weight_files(component_dir, base, variant)
+    state = read_safetensors(files)
+    params = dict(cell.parameters_and_names())
+    loaded = {}
+    unexpected = []
+    for key in list(state):
+        name = key if key in params else (rename(key) if rename else key)
+        if name not in params:
+            if not any(p.search(key) for p in ignore):
+                unexpected.append(key)
+            continue
+        loaded[name] = state.pop(key)
+    missing = sorted(set(params) - set(loaded))
+    where = f"{Path(component_dir)}"
+    if missing:
+        raise UserError(f"{where}: checkpoint lacks {len(missing)} parameter(s), first: {missing[0]} "
+                        f"(shape {tuple(params[missing[0]].shape)})")
+    if unexpected:
+        raise UserError(f"{where}: checkpoint has {len(unexpected)} unexpected tensor(s), first: {unexpected[0]} "
+                        f"(shape {tuple(state[unexpected[0]].shape)}); is the config right for these weights?")
+    target = dtype or ms.float32
+    for name, arr in loaded.items():
+        param = params[name]
+        if tuple(arr.shape) != tuple(param.shape):
+            raise UserError(f"{where}: tensor {name} has shape {tuple(arr.shape)} in the checkpoint but the "
+                            f"config gives {tuple(param.shape)}")
+        if np.issubdtype(arr.dtype, np.floating):
+            np_dtype = np.float16 if target == ms.float16 else np.float32
+            arr = arr.astype(np_dtype, copy=False)
+            param.set_dtype(target)
+        param.set_data(ms.Tensor(arr))
+    return cell

@@ -1,0 +1,57 @@
+"""Shared test helpers: the tiny fixture (a copy inside the repo) and the fixture README's tolerance rules."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "kandinsky21-tiny"
+GOLDEN = FIXTURE / "golden"
+
+
+def scaled_error(cand, ref) -> float:
+    """max|cand - ref| / max(1, max|ref|): the fixture's 'scaled' rule."""
+    cand = np.asarray(cand, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert cand.shape == ref.shape, f"shape {cand.shape} != golden {ref.shape}"
+    return float(np.max(np.abs(cand - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+
+
+def assert_scaled(cand, ref, tol=1e-4, what=""):
+    err = scaled_error(cand, ref)
+    assert err <= tol, f"{what}: scaled error {err:.3g} > {tol}"
+
+
+def assert_image_close(cand, ref, max_abs=5e-3, mean_abs=1e-4, what=""):
+    cand = np.asarray(cand, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert cand.shape == ref.shape, f"{what}: shape {cand.shape} != golden {ref.shape}"
+    diff = np.abs(cand - ref)
+    assert diff.max() <= max_abs and diff.mean() <= mean_abs, \
+        f"{what}: max_abs {diff.max():.3g} (limit {max_abs}), mean_abs {diff.mean():.3g} (limit {mean_abs})"
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """golden('components') -> dict of arrays from golden/components.npz."""
+    cache = {}
+
+    def load(name):
+        if name not in cache:
+            with np.load(GOLDEN / f"{name}.npz") as f:
+                cache[name] = {k: f[k] for k in f.files}
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def cases():
+    return json.loads((GOLDEN / "cases.json").read_text(encoding="utf-8"))

@@ -1,0 +1,193 @@
+"""Stage 2: image + mask + image embeddings -> image, step for step as diffusers' ``KandinskyInpaintPipeline``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Union
+
+import numpy as np
+
+from . import model_io
+from .noise import as_noise
+
+StepCallback = Optional[Callable[[int, int], None]]
+
+
+def get_new_h_w(h: int, w: int, scale_factor: int) -> tuple:
+    """diffusers' ``get_new_h_w``: the latent size, ceil(h / f**2) * f."""
+    new_h = -(-h // scale_factor**2) * scale_factor
+    new_w = -(-w // scale_factor**2) * scale_factor
+    return new_h, new_w
+
+
+def preprocess_image(image, height: int, width: int) -> np.ndarray:
+    """PIL image -> bicubic resize (reducing_gap=1) to (width, height); uint8 (H, W, 3) array -> as is.
+
+    Returns (1, 3, H, W) float32 in [-1, 1].
+    """
+    if not isinstance(image, np.ndarray):
+        from PIL import Image
+
+        image = np.asarray(image.resize((width, height), resample=Image.Resampling.BICUBIC, reducing_gap=1)
+                           .convert("RGB"))
+    arr = image[None].transpose(0, 3, 1, 2).astype(np.float32)
+    return arr / np.float32(127.5) - np.float32(1.0)
+
+
+def preprocess_mask(mask, height: int, width: int) -> np.ndarray:
+    """PIL mask -> LANCZOS resize, luminance / 255; float (H, W) array -> as is. Binarised at 0.5, then
+    inverted to the model's convention (1 = keep). Returns (1, 1, H, W) float32."""
+    if not isinstance(mask, np.ndarray):
+        from PIL import Image
+
+        mask = np.asarray(mask.resize((width, height), resample=Image.Resampling.LANCZOS).convert("L"),
+                          dtype=np.float32) / np.float32(255.0)
+    mask = (np.asarray(mask, dtype=np.float32) >= 0.5).astype(np.float32)
+    return (1.0 - mask)[None, None]
+
+
+def nearest_resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """torch ``F.interpolate(mode='nearest')`` on the last two axes: source index floor(i * in / out)."""
+    rows = (np.arange(h) * a.shape[-2]) // h
+    cols = (np.arange(w) * a.shape[-1]) // w
+    return a[..., rows[:, None], cols[None, :]]
+
+
+# (di, dj) offsets from a non-keep pixel to the neighbours the pipeline's erosion zeroes (anti-diagonals are not).
+_EROSION_OFFSETS = ((-1, 0), (0, -1), (-1, -1), (1, 0), (0, 1), (1, 1))
+
+
+def erode_keep_mask(mask: np.ndarray) -> np.ndarray:
+    """diffusers Kandinsky ``prepare_mask``, vectorised: every pixel != 1 zeroes six of its neighbours."""
+    src = mask != 1
+    hit = np.zeros_like(src)
+    h, w = mask.shape[-2:]
+    for di, dj in _EROSION_OFFSETS:
+        # target (i + di, j + dj) is hit when source (i, j) is set
+        hit[..., max(di, 0):h + min(di, 0), max(dj, 0):w + min(dj, 0)] |= \
+            src[..., max(-di, 0):h - max(di, 0), max(-dj, 0):w - max(dj, 0)]
+    return np.where(hit, np.zeros_like(mask), mask)
+
+
+class InpaintPipeline:
+    """M-CLIP text encoder + 9-channel UNet + MoVQ + DDIM, loaded once from a pipeline folder."""
+
+    def __init__(self, root: Path, dtype=None):
+        import mindspore as ms
+
+        from .mclip import MultilingualCLIP
+        from .movq import VQModel
+        from .schedulers import DDIMScheduler
+        from .tokenizer import load_xlmr_tokenizer
+        from .unet import UNet2DConditionModel
+
+        self.root = Path(root)
+        self.dtype = dtype or ms.float32
+        self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
+        self.tokenizer = load_xlmr_tokenizer(self.root / "tokenizer")
+        self.text_encoder = MultilingualCLIP.from_pretrained(self.root / "text_encoder", dtype)
+        self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", dtype)
+        self.movq = VQModel.from_pretrained(self.root / "movq", dtype)
+        self.scheduler = DDIMScheduler(model_io.read_config(self.root / "scheduler", "scheduler_config.json"))
+        self.unet_config = model_io.read_config(self.root / "unet")
+        self.latent_channels = int(self.movq.config["latent_channels"])
+        self.scale_factor = self.movq.scale_factor
+        self.image_embed_dim = int(self.unet_config["cross_attention_dim"])
+
+    @classmethod
+    def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False):
+        return cls(model_io.resolve_model_dir(model, offline=offline), dtype)
+
+    def _tensor(self, arr):
+        import mindspore as ms
+
+        return ms.Tensor(np.asarray(arr, dtype=self.np_dtype))
+
+    def encode_text(self, texts: List[str]):
+        import mindspore as ms
+
+        ids, mask = self.tokenizer(list(texts))
+        embeds, hidden = self.text_encoder(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
+        return embeds.asnumpy(), hidden.asnumpy()
+
+    def _encode_prompt(self, prompts: List[str], num_images: int, cfg: bool, negative: Optional[List[str]]):
+        embeds, hidden = (np.repeat(a, num_images, axis=0) for a in self.encode_text(prompts))
+        if cfg:
+            uncond = [""] * len(prompts) if negative is None else negative
+            if len(uncond) != len(prompts):
+                raise ValueError(f"negative_prompt has {len(uncond)} entries for {len(prompts)} prompts")
+            u_embeds, u_hidden = (np.repeat(a, num_images, axis=0) for a in self.encode_text(uncond))
+            embeds = np.concatenate([u_embeds, embeds])
+            hidden = np.concatenate([u_hidden, hidden])
+        return embeds, hidden
+
+    def __call__(self, prompt: Union[str, List[str]], image, mask_image, image_embeds: np.ndarray,
+                 negative_image_embeds: np.ndarray, negative_prompt: Union[None, str, List[str]] = None,
+                 height: int = 512, width: int = 512, num_inference_steps: int = 100, guidance_scale: float = 4.0,
+                 num_images_per_prompt: int = 1, noise=None, callback: StepCallback = None,
+                 debug: Optional[dict] = None) -> np.ndarray:
+        """Returns images (num_images, height, width, 3) float32 in [0, 1].
+
+        ``image``: PIL image (resized to the working size) or uint8 (H, W, 3) array; ``mask_image``: PIL or float
+        (H, W) array, 1 = repaint. ``debug``, when a dict, receives the pipeline's intermediates.
+        """
+        noise = as_noise(noise)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negative = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        n = num_images_per_prompt
+        batch = len(prompts) * n
+        cfg = guidance_scale > 1.0
+        embeds, hidden = self._encode_prompt(prompts, n, cfg, negative)
+        image_embeds = np.asarray(image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
+        negative_image_embeds = np.asarray(negative_image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
+        if cfg:
+            image_embeds = np.concatenate([np.repeat(negative_image_embeds, n, axis=0),
+                                           np.repeat(image_embeds, n, axis=0)])
+        elif image_embeds.shape[0] != batch:
+            # diffusers does not repeat here and then fails on the batch mismatch; repeat to the batch instead
+            image_embeds = np.repeat(image_embeds, batch // image_embeds.shape[0], axis=0)
+
+        mask = preprocess_mask(mask_image, height, width)
+        pixels = preprocess_image(image, height, width)
+        image_latents = self.movq.encode(self._tensor(pixels)).asnumpy().astype(np.float32)
+        mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
+        masked = image_latents * mask
+        mask_in = np.repeat(mask, n, axis=0)
+        masked_in = np.repeat(masked, n, axis=0)
+        if cfg:
+            mask_in = np.concatenate([mask_in, mask_in])
+            masked_in = np.concatenate([masked_in, masked_in])
+
+        timesteps = self.scheduler.timesteps(num_inference_steps)
+        h, w = get_new_h_w(height, width, self.scale_factor)
+        latents = noise.randn((batch, self.latent_channels, h, w)) * np.float32(self.scheduler.init_noise_sigma)
+        if latents.shape[-2:] != masked_in.shape[-2:]:
+            raise ValueError(f"latent size {latents.shape[-2:]} differs from the encoded image's "
+                             f"{masked_in.shape[-2:]}: height and width must be multiples of {self.scale_factor**2}")
+        if debug is not None:
+            debug.update(movq_in_image=pixels, movq_image_latents=image_latents, unet_mask=mask_in[:batch],
+                         unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
+                         unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
+                         noise_00=latents.copy(), step_eps_guided=[], step_latents_out=[])
+        t_hidden, t_embeds, t_image = self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds)
+        c = self.latent_channels
+        for i, t in enumerate(timesteps):
+            model_in = np.concatenate([latents, latents]) if cfg else latents
+            model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
+            out = self.unet.predict(self._tensor(model_in), int(t), t_hidden, t_embeds, t_image)
+            eps = out.asnumpy().astype(np.float32)[:, :c]
+            if cfg:
+                uncond, cond = np.split(eps, 2)
+                eps = uncond + np.float32(guidance_scale) * (cond - uncond)
+            latents = self.scheduler.step(eps, int(t), latents)
+            if debug is not None:
+                debug["step_eps_guided"].append(eps)
+                debug["step_latents_out"].append(latents)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+        decoded = self.movq.decode(self._tensor(latents)).asnumpy().astype(np.float32)
+        if debug is not None:
+            debug["movq_decoded_preclamp"] = decoded
+            debug["step_eps_guided"] = np.stack(debug["step_eps_guided"])
+            debug["step_latents_out"] = np.stack(debug["step_latents_out"])
+        images = np.clip(decoded * np.float32(0.5) + np.float32(0.5), 0.0, 1.0)
+        return images.transpose(0, 2, 3, 1)

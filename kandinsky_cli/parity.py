@@ -1,0 +1,182 @@
+"""Runs the project on any fixture laid out like ``kandinsky21-tiny`` and returns the golden quantities.
+
+Used by ``scripts/parity.py`` (writes candidate ``.npz`` files for ``check_parity.py compare``) and by the tests.
+Cases come from ``golden/cases.json``, component inputs from ``golden/components.npz``, pipeline inputs from
+``golden/inpaint_pipeline.npz`` (``case<i>/input/*``). Nothing about the fixture's sizes is assumed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+Arrays = Dict[str, np.ndarray]
+
+
+def _load_npz(path: Path) -> Arrays:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def load_cases(fixture: Path) -> dict:
+    return json.loads((Path(fixture) / "golden" / "cases.json").read_text(encoding="utf-8"))
+
+
+def tokenizer_outputs(fixture: Path) -> Arrays:
+    from .tokenizer import load_clip_tokenizer, load_xlmr_tokenizer
+
+    fixture = Path(fixture)
+    prompts = load_cases(fixture)["tokenizers"]["prompts"]
+    out = {}
+    for name, tok in (("clip", load_clip_tokenizer(fixture / "prior" / "tokenizer")),
+                      ("xlmr", load_xlmr_tokenizer(fixture / "inpaint" / "tokenizer"))):
+        ids, mask = tok(prompts)
+        out[f"{name}/input_ids"] = ids.astype(np.int64)
+        out[f"{name}/attention_mask"] = mask.astype(np.int64)
+        out[f"{name}/untruncated_len"] = np.asarray(tok.untruncated_lengths(prompts), dtype=np.int64)
+    return out
+
+
+def prior_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
+    import mindspore as ms
+
+    from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    from .prior import PriorTransformer
+
+    root = Path(fixture) / "prior"
+    out = {}
+    text = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder")
+    ids = inputs["clip_text/input_ids"]
+    embeds, hidden = text(ms.Tensor(ids.astype(np.int32)))
+    out.update({"clip_text/input_ids": ids, "clip_text/text_embeds": embeds.asnumpy(),
+                "clip_text/last_hidden_state": hidden.asnumpy()})
+
+    vision = CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder")
+    pixels = inputs["clip_vision/pixel_values"]
+    out["clip_vision/pixel_values"] = pixels
+    out["clip_vision/image_embeds"] = vision(ms.Tensor(pixels)).asnumpy()
+    out["clip_vision/zero_image_embeds"] = vision(ms.Tensor(np.zeros_like(pixels))).asnumpy()
+
+    prior = PriorTransformer.from_pretrained(root / "prior")
+    args = [ms.Tensor(inputs[f"prior/{k}"]) for k in ("hidden_states", "proj_embedding", "encoder_hidden_states")]
+    mask = ms.Tensor(inputs["prior/attention_mask"])
+    for t in inputs["prior/timesteps"]:
+        pred = prior.predict(args[0], int(t), args[1], args[2], mask)
+        out[f"prior/predicted_image_embedding_t{int(t)}"] = pred.asnumpy()
+    for k in ("hidden_states", "proj_embedding", "encoder_hidden_states", "attention_mask", "timesteps"):
+        out[f"prior/{k}"] = inputs[f"prior/{k}"]
+    out["prior/post_process_latents"] = prior.post_process_latents(args[0]).asnumpy()
+    return out
+
+
+def decoder_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
+    import mindspore as ms
+
+    from .mclip import MultilingualCLIP
+    from .movq import VQModel
+    from .unet import UNet2DConditionModel
+
+    root = Path(fixture) / "inpaint"
+    out = {}
+    mclip = MultilingualCLIP.from_pretrained(root / "text_encoder")
+    ids, mask = inputs["mclip/input_ids"], inputs["mclip/attention_mask"]
+    embeds, hidden = mclip(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
+    out.update({"mclip/input_ids": ids, "mclip/attention_mask": mask, "mclip/text_embeds": embeds.asnumpy(),
+                "mclip/last_hidden_state": hidden.asnumpy()})
+
+    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    u = {k: ms.Tensor(inputs[f"unet/{k}"]) for k in ("sample", "encoder_hidden_states", "text_embeds", "image_embeds")}
+    for t in inputs["unet/timesteps"]:
+        res = unet.predict(u["sample"], int(t), u["encoder_hidden_states"], u["text_embeds"], u["image_embeds"])
+        out[f"unet/out_t{int(t)}"] = res.asnumpy()
+    for k in ("sample", "encoder_hidden_states", "text_embeds", "image_embeds", "timesteps"):
+        out[f"unet/{k}"] = inputs[f"unet/{k}"]
+
+    movq = VQModel.from_pretrained(root / "movq")
+    latents = movq.encode(ms.Tensor(inputs["movq/image"]))
+    out["movq/image"] = inputs["movq/image"]
+    out["movq/encode_latents"] = latents.asnumpy()
+    out["movq/decode_of_encode"] = movq.decode(latents).asnumpy()
+    out["movq/decode_latents_in"] = inputs["movq/decode_latents_in"]
+    out["movq/decode_out"] = movq.decode(ms.Tensor(inputs["movq/decode_latents_in"])).asnumpy()
+    return out
+
+
+def prior_pipeline_outputs(fixture: Path, pipe=None, debug: bool = False) -> Arrays:
+    from .noise import Noise
+    from .prior_pipeline import PriorPipeline
+
+    pipe = pipe or PriorPipeline(Path(fixture) / "prior")
+    out = {}
+    for i, case in enumerate(load_cases(fixture)["prior_cases"]):
+        emb, neg = pipe(case["prompt"], negative_prompt=case.get("negative_prompt"),
+                        num_images_per_prompt=case.get("num_images_per_prompt", 1),
+                        num_inference_steps=case.get("num_inference_steps", 25),
+                        guidance_scale=case.get("guidance_scale", 4.0), noise=Noise(case["noise_seed"]))
+        out[f"case{i}/image_embeds"] = emb
+        out[f"case{i}/negative_image_embeds"] = neg
+    return out
+
+
+def inpaint_inputs(fixture: Path, case: dict, inputs: Arrays, i: int):
+    """The image and mask as the golden run passed them: numpy arrays, or PIL images for input_kind 'pil'."""
+    image = inputs[f"case{i}/input/image"]
+    mask = inputs[f"case{i}/input/mask_image"]
+    if case.get("input_kind", "numpy") == "pil":
+        from PIL import Image
+
+        return Image.fromarray(image), Image.fromarray((mask * 255).astype(np.uint8), "L")
+    return image, mask
+
+
+def inpaint_pipeline_outputs(fixture: Path, pipe=None, debug: Arrays = None) -> Arrays:
+    from .inpaint_pipeline import InpaintPipeline
+    from .noise import Noise
+
+    fixture = Path(fixture)
+    pipe = pipe or InpaintPipeline(fixture / "inpaint")
+    golden_inputs = _load_npz(fixture / "golden" / "inpaint_pipeline.npz")
+    out = {}
+    for i, case in enumerate(load_cases(fixture)["inpaint_cases"]):
+        for k in [k for k in golden_inputs if k.startswith(f"case{i}/input/")]:
+            out[k] = golden_inputs[k]
+        image, mask = inpaint_inputs(fixture, case, golden_inputs, i)
+        trace = {} if debug is not None else None
+        out[f"case{i}/images"] = pipe(
+            case["prompt"], image, mask, golden_inputs[f"case{i}/input/image_embeds"],
+            golden_inputs[f"case{i}/input/negative_image_embeds"], negative_prompt=case.get("negative_prompt"),
+            height=case["height"], width=case["width"], num_inference_steps=case["num_inference_steps"],
+            guidance_scale=case.get("guidance_scale", 4.0),
+            num_images_per_prompt=case.get("num_images_per_prompt", 1), noise=Noise(case["noise_seed"]),
+            debug=trace)
+        if debug is not None:
+            debug.update({f"inpaint_case{i}/{k}": np.asarray(v) for k, v in trace.items()})
+    return out
+
+
+def run_all(fixture: Path, out_dir: Path, log=print) -> Dict[str, Path]:
+    """Write tokenizers/components/prior_pipeline/inpaint_pipeline/debug_intermediates .npz into ``out_dir``."""
+    fixture, out_dir = Path(fixture), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = _load_npz(fixture / "golden" / "components.npz")
+    written = {}
+    debug: Arrays = {}
+    producers = {
+        "tokenizers": lambda: tokenizer_outputs(fixture),
+        "components": lambda: {**prior_component_outputs(fixture, inputs),
+                               **decoder_component_outputs(fixture, inputs)},
+        "prior_pipeline": lambda: prior_pipeline_outputs(fixture),
+        "inpaint_pipeline": lambda: inpaint_pipeline_outputs(fixture, debug=debug),
+    }
+    for name, make in producers.items():
+        path = out_dir / f"{name}.npz"
+        np.savez(path, **make())
+        written[name] = path
+        log(f"wrote {path}")
+    path = out_dir / "debug_intermediates.npz"
+    np.savez(path, **debug)
+    written["debug_intermediates"] = path
+    log(f"wrote {path}")
+    return written

@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Run the project on a Kandinsky 2.1 fixture folder and write candidate .npz files with the golden key names.
+
+    python scripts/parity.py FIXTURE_DIR OUT_DIR
+    python ../shared/tools/check_parity.py compare FIXTURE_DIR/golden/components.npz OUT_DIR/components.npz --strict-keys
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from kandinsky_cli.parity import run_all
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("fixture", type=Path, help="folder with prior/, inpaint/, golden/")
+    ap.add_argument("out_dir", type=Path, help="where to write the candidate .npz files")
+    args = ap.parse_args()
+    if not (args.fixture / "golden" / "cases.json").is_file():
+        print(f"error: {args.fixture} does not look like a fixture (no golden/cases.json)", file=sys.stderr)
+        return 2
+    run_all(args.fixture, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

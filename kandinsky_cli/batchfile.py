@@ -1,0 +1,379 @@
+"""The batch file schema, in one place: reading, validating and filling in defaults.
+
+A batch file is YAML (read with ``yaml.safe_load``) with two top-level keys::
+
+    defaults:          # optional: any job key, applied to every job (a job's own value wins)
+      steps: 50
+    jobs:              # required: a non-empty list of jobs
+      - image: cat.png
+        mask_rects: ["0:250,250:518"]
+        prompt: a hat
+
+Job keys (``JOB_KEYS``; relative paths resolve against the YAML file's directory):
+
+==========================  ===============================================  =========================
+key                         value                                            default
+==========================  ===============================================  =========================
+image                       input image (PNG/JPEG/WebP), must exist          required
+prompt                      non-empty string                                 required
+mask                        mask file (PNG/JPEG/WebP or .npy), must exist    none
+mask_rects                  list of ``"ROWS,COLS"`` strings (quote them)     ``[]``
+                            (``mask`` and/or ``mask_rects`` is required)
+invert_mask                 boolean                                          false
+grow                        integer >= 0 (pixels)                            0
+feather                     integer >= 0 (pixels)                            0
+negative_prompt             string                                           ``""``
+seed                        integer 0 .. 2**32-1, or null (random)           null
+num_images                  integer 1 .. 64                                  1
+steps                       integer 1 .. 1000 (decoder steps)                100
+guidance_scale              number >= 0                                      4.0
+prior_steps                 integer 1 .. 1000                                25
+prior_guidance_scale        number >= 0                                      4.0
+height, width               multiple of 64, 64 .. 4096                       768
+out                         output image (.png/.jpg/.jpeg/.webp)             ``outputs/<image stem>.png``
+image_embeds,               ``.npy`` files replacing the prior (both or      none
+negative_image_embeds       neither), must exist
+==========================  ===============================================  =========================
+
+With ``num_images`` > 1 the outputs are ``<out stem>-0<suffix>``, ``<out stem>-1<suffix>``, ... Two jobs
+may not write the same file, and no output may overwrite an input. Every error is a :class:`UserError`
+naming the file, the job and the key, e.g. ``jobs.yaml: jobs[2].steps: must be an integer from 1 to 1000,
+got 0``.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import yaml
+
+from .errors import UserError
+from .files import OUTPUT_IMAGE_FORMATS, PathLike, load_image
+from .masks import MaskSpec, SizeHW, load_mask_file, parse_rect, rect_mask
+
+REQUIRED = object()
+SEED_MAX = 2**32 - 1
+TOP_LEVEL_KEYS = ("defaults", "jobs")
+INPUT_PATH_KEYS = ("image", "mask", "image_embeds", "negative_image_embeds")
+
+
+class _Invalid(Exception):
+    """A problem with one value; the loader adds the file, job and key."""
+
+
+# ------------------------------------------------------------------------------------------ value checks
+
+def _describe(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping", type(None): "null"}
+    kind = names.get(type(value), type(value).__name__)
+    if value is None:
+        return "null"
+    return f"{str(value).lower() if isinstance(value, bool) else repr(value)} ({kind})"
+
+
+def _integer(lo: int, hi: Optional[int] = None, multiple: int = 1) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        what = f"a multiple of {multiple} " if multiple > 1 else ""
+        span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer {what}{span}, got {_describe(value)}")
+        if value < lo or (hi is not None and value > hi) or value % multiple:
+            raise _Invalid(f"must be {what or 'an integer '}{span}, got {value}")
+        return value
+    return check
+
+
+def _number(lo: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be a number >= {lo:g}, got {_describe(value)}")
+        if not math.isfinite(value) or value < lo:
+            raise _Invalid(f"must be a number >= {lo:g}, got {value}")
+        return float(value)
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _string(nonempty: bool) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be a string (quote it), got {_describe(value)}")
+        if nonempty and not value.strip():
+            raise _Invalid("must not be empty")
+        return value
+    return check
+
+
+def _path(suffixes: Optional[Tuple[str, ...]] = None) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(f"must be a file path (a string), got {_describe(value)}")
+        if suffixes and Path(value).suffix.lower() not in suffixes:
+            raise _Invalid(f"{value!r} must end in {', '.join(suffixes)}")
+        return value
+    return check
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def _rects(value: Any) -> Tuple[str, ...]:
+    example = 'a list of quoted "ROWS,COLS" strings such as ["0:250,250:518"]'
+    if not isinstance(value, list):
+        raise _Invalid(f"must be {example}, got {_describe(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _Invalid(f"item {i} must be a quoted string such as \"0:250,250:518\", got {_describe(item)}"
+                           " (YAML reads some unquoted values like 1:30 as numbers)")
+        try:
+            parse_rect(item)
+        except UserError as e:
+            raise _Invalid(f"item {i}: {e}") from None
+    return tuple(value)
+
+
+#: Every job key: (check/convert function, default or REQUIRED).
+JOB_KEYS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
+    "image": (_path(), REQUIRED),
+    "prompt": (_string(nonempty=True), REQUIRED),
+    "mask": (_optional(_path()), None),
+    "mask_rects": (_rects, ()),
+    "invert_mask": (_boolean, False),
+    "grow": (_integer(0), 0),
+    "feather": (_integer(0), 0),
+    "negative_prompt": (_string(nonempty=False), ""),
+    "seed": (_optional(_integer(0, SEED_MAX)), None),
+    "num_images": (_integer(1, 64), 1),
+    "steps": (_integer(1, 1000), 100),
+    "guidance_scale": (_number(0.0), 4.0),
+    "prior_steps": (_integer(1, 1000), 25),
+    "prior_guidance_scale": (_number(0.0), 4.0),
+    "height": (_integer(64, 4096, multiple=64), 768),
+    "width": (_integer(64, 4096, multiple=64), 768),
+    "out": (_optional(_path(tuple(OUTPUT_IMAGE_FORMATS))), None),
+    "image_embeds": (_optional(_path((".npy",))), None),
+    "negative_image_embeds": (_optional(_path((".npy",))), None),
+}
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+@dataclass(frozen=True)
+class Job:
+    """One validated job, every default filled in and every path absolute."""
+
+    source: Path
+    index: int
+    image: Path
+    prompt: str
+    mask: Optional[Path]
+    mask_rects: Tuple[str, ...]
+    invert_mask: bool
+    grow: int
+    feather: int
+    negative_prompt: str
+    seed: Optional[int]
+    num_images: int
+    steps: int
+    guidance_scale: float
+    prior_steps: int
+    prior_guidance_scale: float
+    height: int
+    width: int
+    out: Path
+    image_embeds: Optional[Path]
+    negative_image_embeds: Optional[Path]
+
+    @property
+    def where(self) -> str:
+        """``'jobs.yaml: jobs[2]'``: the prefix of every message about this job."""
+        return f"{self.source}: jobs[{self.index}]"
+
+    @property
+    def outputs(self) -> List[Path]:
+        """The files this job writes: ``out``, or ``<stem>-<i><suffix>`` for several images."""
+        if self.num_images == 1:
+            return [self.out]
+        return [self.out.with_name(f"{self.out.stem}-{i}{self.out.suffix}") for i in range(self.num_images)]
+
+    @property
+    def uses_prior(self) -> bool:
+        """False when the job brings its own image embeddings."""
+        return self.image_embeds is None
+
+    def mask_spec(self) -> MaskSpec:
+        """The job's mask settings, for :meth:`MaskSpec.build` at the image's size."""
+        return MaskSpec(path=self.mask, rects=self.mask_rects, invert=self.invert_mask, grow=self.grow,
+                        feather=self.feather)
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(mapping: Dict[Any, Any], where: str) -> Dict[str, Any]:
+    """Check and convert every key of a job or of ``defaults``; ``where`` is e.g. ``'f.yaml: jobs[0]'``."""
+    checked = {}
+    for key, value in mapping.items():
+        if key not in JOB_KEYS:
+            raise UserError(f"{where}: unknown key {key!r}{_suggest(str(key), JOB_KEYS)}; "
+                            f"known keys: {', '.join(JOB_KEYS)}")
+        check, default = JOB_KEYS[key]
+        if value is None and default is REQUIRED:
+            raise UserError(f"{where}.{key}: must not be empty (null)")
+        try:
+            checked[key] = check(value)
+        except _Invalid as e:
+            raise UserError(f"{where}.{key}: {e}") from None
+    return checked
+
+
+def _resolve(base: Path, value: Optional[str]) -> Optional[Path]:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any]) -> Job:
+    where = f"{source}: jobs[{index}]"
+    for key, (_, default) in JOB_KEYS.items():
+        if default is REQUIRED and key not in values:
+            raise UserError(f"{where}: missing required key {key!r}")
+    if values.get("mask") is None and not values.get("mask_rects"):
+        raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint)")
+    if (values.get("image_embeds") is None) != (values.get("negative_image_embeds") is None):
+        given = "image_embeds" if values.get("image_embeds") is not None else "negative_image_embeds"
+        missing = "negative_image_embeds" if given == "image_embeds" else "image_embeds"
+        raise UserError(f"{where}.{missing}: must be given together with {given}")
+    fields = {key: values.get(key, default) for key, (_, default) in JOB_KEYS.items()}
+    for key in INPUT_PATH_KEYS:
+        fields[key] = _resolve(base, fields[key])
+        if fields[key] is not None and not fields[key].is_file():
+            state = "not a file" if fields[key].exists() else "file not found"
+            raise UserError(f"{where}.{key}: {state}: {fields[key]}")
+    out = fields["out"] if fields["out"] is not None else f"outputs/{fields['image'].stem}.png"
+    fields["out"] = _resolve(base, out)
+    return Job(source=source, index=index, **fields)
+
+
+def _check_outputs(jobs: List[Job]) -> None:
+    """No two jobs write the same file and no output overwrites an input."""
+    written: Dict[Path, int] = {}
+    inputs = {p.resolve() for job in jobs for p in (job.image, job.mask, job.image_embeds,
+                                                     job.negative_image_embeds) if p is not None}
+    for job in jobs:
+        for path in job.outputs:
+            key = path.resolve()
+            if key in written:
+                raise UserError(f"{job.where}.out: {path} is also written by jobs[{written[key]}]; "
+                                f"give each job its own 'out'")
+            if key in inputs:
+                raise UserError(f"{job.where}.out: {path} would overwrite an input file")
+            written[key] = job.index
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of a file, with a one-line UserError for a missing file or a syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"batch file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read batch file {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{at}: {problem}") from None
+
+
+def load_batch(path: PathLike) -> List[Job]:
+    """Read and validate a batch file: the jobs with defaults filled in and paths resolved.
+
+    Checks structure, keys, types, ranges, required keys, that input files exist and that outputs do not
+    collide. It does not open images; :func:`check_job_inputs` does that.
+    """
+    source = Path(path)
+    data = read_yaml(source)
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping with 'jobs:' (and optionally 'defaults:'), "
+                        f"got {_describe(data) if data is not None else 'an empty file'}")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise UserError(f"{source}: unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL_KEYS)}; "
+                            f"expected 'defaults' and 'jobs'")
+    defaults = data.get("defaults")
+    defaults = {} if defaults is None else defaults
+    if not isinstance(defaults, dict):
+        raise UserError(f"{source}: defaults: must be a mapping of job keys, got {_describe(defaults)}")
+    defaults = _check_keys(defaults, f"{source}: defaults")
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        got = "nothing" if jobs is None else _describe(jobs)
+        raise UserError(f"{source}: jobs: must be a non-empty list of jobs, got {got}")
+    base = source.resolve().parent
+    result = []
+    for index, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            raise UserError(f"{source}: jobs[{index}]: must be a mapping of job keys, got {_describe(job)}")
+        values = {**defaults, **_check_keys(job, f"{source}: jobs[{index}]")}
+        result.append(_make_job(source, base, index, values))
+    _check_outputs(result)
+    return result
+
+
+def check_job_inputs(job: Job) -> SizeHW:
+    """Open the job's inputs as the run will: the image, the mask at its size, the embeddings.
+
+    Returns the image size ``(height, width)``; a UserError names the job and the key at fault.
+    """
+    def fail(key: str, error: UserError) -> UserError:
+        return UserError(f"{job.where}.{key}: {error}")
+
+    try:
+        image = load_image(job.image)
+    except UserError as e:
+        raise fail("image", e) from None
+    size = (image.height, image.width)
+    mask = np.zeros(size, dtype=bool)  # the same union as masks.build_mask, with errors per key
+    for i, rect in enumerate(job.mask_rects):
+        try:
+            mask |= rect_mask(rect, size)
+        except UserError as e:
+            raise fail(f"mask_rects[{i}]", e) from None
+    if job.mask is not None:
+        try:
+            mask |= load_mask_file(job.mask, size)
+        except UserError as e:
+            raise fail("mask", e) from None
+    if job.invert_mask:
+        mask = ~mask
+    if not mask.any():
+        key = "invert_mask" if job.invert_mask else "mask"
+        raise UserError(f"{job.where}.{key}: the mask selects no pixel: nothing to repaint")
+    for key in ("image_embeds", "negative_image_embeds"):
+        path = getattr(job, key)
+        if path is not None:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise UserError(f"{job.where}.{key}: cannot read {path}: not a valid .npy array ({e})") from None
+            if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.floating):
+                raise UserError(f"{job.where}.{key}: {path} holds a {array.dtype} array of shape {array.shape}; "
+                                f"expected float embeddings of shape (dim,) or (n, dim)")
+    return size

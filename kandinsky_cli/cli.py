@@ -1,0 +1,262 @@
+"""The ``kandinsky`` command line (Typer + Rich).
+
+Every command is one ``@app.command()`` function. Bad input raises :class:`UserError` anywhere below;
+:class:`_Group` turns it (and Typer's own usage errors) into exactly one line ``error: <message>`` on
+stderr with exit code 2, never a traceback. Warnings from this package (e.g. a resized mask) become
+``warning: <message>`` lines.
+
+Nothing heavy is imported here: ``--help`` must stay fast. Commands that run a model import MindSpore
+inside their function. The mask options are declared once (``MaskRectOption`` ...) so that every
+command taking a mask spells them the same way; :meth:`masks.MaskSpec.from_options` turns them into a
+mask specification.
+"""
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from . import TOOL_NAME, __version__
+from .errors import UserError
+
+# Click's exception classes, whether Typer uses click itself or ships its own copy of it.
+_CLICK_ERRORS = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+UsageError, ClickException = _CLICK_ERRORS["UsageError"], _CLICK_ERRORS["ClickException"]
+
+EXIT_USER_ERROR = 2
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------ error handling
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    """Print one line ``error: <message>`` on stderr and exit with ``code``."""
+    line = " ".join(str(message).split())
+    typer.echo(f"error: {line}", err=True)
+    sys.exit(code)
+
+
+def _warnings_as_lines(show_other: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning``: this package's warnings as one ``warning:`` line, others unchanged."""
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+             line: Optional[str] = None) -> None:
+        if category.__module__.split(".")[0] == __name__.split(".")[0]:
+            stderr.print(f"[yellow]warning:[/yellow] {escape(' '.join(str(message).split()))}")
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
+
+
+class _Group(TyperGroup):
+    """The app's command group: one ``error:`` line and exit code 2 for every bad input."""
+
+    def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warnings_as_lines(warnings.showwarning)
+            try:
+                rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+            except UserError as e:
+                _fail(str(e))
+            except UsageError as e:
+                if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help was printed
+                    if e.format_message():
+                        typer.echo(e.format_message())
+                    sys.exit(EXIT_USER_ERROR)
+                hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+                _fail(e.format_message() + hint, e.exit_code)
+            except ClickException as e:
+                _fail(e.format_message(), e.exit_code)
+            except typer.Abort:
+                _fail("aborted", 130)
+        code = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return rv
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+app = typer.Typer(
+    cls=_Group,
+    name=TOOL_NAME,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"{TOOL_NAME} {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Kandinsky 2.1 inpainting on MindSpore: repaint the masked part of an image from a text prompt.
+
+    Masks: white = repaint, black = keep. Sizes are WIDTHxHEIGHT.
+    """
+
+
+# Mask options, shared by every command that takes a mask.
+MaskRectOption = Annotated[Optional[List[str]], typer.Option(
+    "--mask-rect", metavar="ROWS,COLS", show_default=False,
+    help="Area to repaint in Python slice syntax, rows first, in pixels of the image: 0:250,250:518 or "
+         ":250,-100: (negative counts from the end, empty = edge). Repeatable: the union is taken.")]
+MaskFileOption = Annotated[Optional[Path], typer.Option(
+    "--mask", metavar="PATH", show_default=False,
+    help="Mask file: PNG/JPEG/WebP (white = repaint; RGBA/LA: opaque = repaint) or .npy (H, W) floats in "
+         "[0, 1]; >= 0.5 repaints. Resized to the image if needed. Combined with --mask-rect by union.")]
+InvertMaskOption = Annotated[bool, typer.Option(
+    "--invert-mask", help="Flip the mask (repaint what it would keep).")]
+GrowOption = Annotated[int, typer.Option(
+    "--grow", min=0, metavar="N", help="Dilate the repaint area by N pixels (a disc), after --invert-mask.")]
+FeatherOption = Annotated[int, typer.Option(
+    "--feather", min=0, metavar="N",
+    help="Blend the result into the original over N pixels outside the repaint area (the model still sees "
+         "the hard mask); farther pixels stay the original, bit for bit.")]
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+@app.command("mask")
+def mask_command(
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH", show_default=False,
+                                      help="Output: .png (white = repaint) or .npy (float32, 1 = repaint).")],
+    image: Annotated[Optional[Path], typer.Argument(
+        metavar="IMAGE", show_default=False, help="Take the mask's size from this image.")] = None,
+    size: Annotated[Optional[str], typer.Option(
+        "--size", metavar="WxH", show_default=False,
+        help="Mask size WIDTHxHEIGHT, e.g. 768x512 (when no IMAGE is given).")] = None,
+    mask_rect: MaskRectOption = None,
+    mask: MaskFileOption = None,
+    invert_mask: InvertMaskOption = False,
+    grow: GrowOption = 0,
+) -> None:
+    """Write the exact mask that inpainting would use, for inspection.
+
+    Example: kandinsky mask --size 768x768 --mask-rect 0:250,250:518 --out mask.png
+    """
+    from .files import load_image
+    from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_mask
+
+    check_mask_output(out)
+    if image is not None and size is not None:
+        raise UserError("give either IMAGE or --size, not both: the mask has the size of the image")
+    if image is None and size is None:
+        raise UserError("the mask needs a size: give an IMAGE or --size WIDTHxHEIGHT (e.g. --size 768x768)")
+    spec = MaskSpec.from_options(mask, mask_rect, invert_mask, grow)
+    if image is not None:
+        loaded = load_image(image)
+        size_hw = (loaded.height, loaded.width)
+    else:
+        size_hw = parse_size(size)  # type: ignore[arg-type]
+    hard = spec.build(size_hw)
+    params = {"command": "mask", "image": str(image) if image is not None else None,
+              "size": format_size(size_hw), **spec.parameters()}
+    save_mask(out, hard, params)
+    share = 100.0 * hard.mean()
+    stdout.print(f"wrote {escape(str(out))}: {format_size(size_hw)}, {int(hard.sum())} pixels to repaint "
+                 f"({share:.1f}%)")
+
+
+@app.command("grid")
+def grid_command(
+    images: Annotated[List[Path], typer.Argument(
+        metavar="IMAGES", show_default=False,
+        help="Images (PNG/JPEG/WebP) and masks (.png, or .npy floats in [0, 1] shown as grey), row-major.")],
+    rows: Annotated[int, typer.Option("--rows", min=1, metavar="R", show_default=False,
+                                      help="Number of rows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH", show_default=False,
+                                      help="Output image (.png, .jpg or .webp).")],
+    cols: Annotated[Optional[int], typer.Option(
+        "--cols", min=1, metavar="C", show_default=False,
+        help="Number of columns; default: enough for all images, ceil(images / rows).")] = None,
+) -> None:
+    """Put images side by side in a grid (cells the size of the first image; the others are resized).
+
+    Example: kandinsky grid cat.png mask.png --rows 1 --out grid.png
+    """
+    from .files import output_image_format, save_image
+    from .grid import grid_shape, load_grid_input, make_image_grid
+
+    output_image_format(out)
+    rows, cols = grid_shape(len(images), rows, cols)
+    grid = make_image_grid([load_grid_input(p) for p in images], rows, cols)
+    save_image(out, grid, {"command": "grid", "images": [str(p) for p in images], "rows": rows, "cols": cols})
+    stdout.print(f"wrote {escape(str(out))}: {rows}x{cols} grid, {grid.width}x{grid.height} pixels")
+
+
+@app.command("batch")
+def batch_command(
+    jobs_file: Annotated[Path, typer.Argument(metavar="JOBS.yaml", show_default=False,
+                                              help="Batch file (see configs/batch-example.yaml).")],
+    check: Annotated[bool, typer.Option("--check", help="Validate the file and its inputs and print the plan; "
+                                                        "loads no model.")] = False,
+) -> None:
+    """Validate a YAML batch of inpainting jobs (running batches comes with the model port).
+
+    Example: kandinsky batch jobs.yaml --check
+    """
+    if not check:
+        raise UserError("running batches is not implemented yet; use --check to validate a batch file")
+    from .batchfile import check_job_inputs, load_batch
+
+    jobs = load_batch(jobs_file)
+    sizes = [check_job_inputs(job) for job in jobs]
+    stdout.print(_plan_table(jobs_file, jobs, sizes))
+    images = sum(job.num_images for job in jobs)
+    stdout.print(f"[green]ok[/green]: {len(jobs)} job(s), {images} image(s) to generate; nothing was run.")
+
+
+def _plan_table(jobs_file: Path, jobs: List[Any], sizes: List[Any]) -> Table:
+    """The plan of a batch: one row per job (image, mask, prompt, outputs, settings)."""
+    from .masks import format_size
+
+    table = Table(title=f"{escape(str(jobs_file))}: {len(jobs)} job(s)", show_lines=True)
+    for column in ("job", "image", "mask", "prompt", "outputs", "settings"):
+        table.add_column(column, overflow="fold")
+    for job, size in zip(jobs, sizes):
+        prompt = escape(job.prompt)
+        if job.negative_prompt:
+            prompt += f"\n[dim]negative: {escape(job.negative_prompt)}[/dim]"
+        mask = ([_show(job.mask)] if job.mask is not None else []) + list(job.mask_rects) \
+            + (["inverted"] if job.invert_mask else []) + ([f"grow {job.grow}"] if job.grow else []) \
+            + ([f"feather {job.feather}"] if job.feather else [])
+        settings = [f"{job.width}x{job.height}", f"{job.steps} steps, cfg {job.guidance_scale:g}",
+                    f"seed {job.seed}" if job.seed is not None else "random seed",
+                    f"prior {job.prior_steps} steps, cfg {job.prior_guidance_scale:g}" if job.uses_prior
+                    else f"embeds {_show(job.image_embeds)}"]
+        table.add_row(str(job.index), f"{escape(_show(job.image))}\n[dim]{format_size(size)}[/dim]",
+                      escape("\n".join(mask)), prompt, escape("\n".join(_show(p) for p in job.outputs)),
+                      escape("\n".join(settings)))
+    return table
+
+
+def _show(path: Optional[Path]) -> str:
+    """A path relative to the current directory when it is below it, else absolute."""
+    if path is None:
+        return "-"
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def main() -> None:
+    """Console-script entry point (``kandinsky``) and ``python -m kandinsky_cli``."""
+    app()

@@ -132,7 +132,7 @@ class InpaintPipeline:
         """
         noise = as_noise(noise)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negative = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
         n = num_images_per_prompt
         batch = len(prompts) * n
         cfg = guidance_scale > 1.0
@@ -151,8 +151,9 @@ class InpaintPipeline:
         image_latents = self.movq.encode(self._tensor(pixels)).asnumpy().astype(np.float32)
         mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
         masked = image_latents * mask
-        mask_in = np.repeat(mask, n, axis=0)
-        masked_in = np.repeat(masked, n, axis=0)
+        # one image for the whole batch (diffusers: repeat_interleave(num_images_per_prompt) of one image)
+        mask_in = np.repeat(mask, batch, axis=0)
+        masked_in = np.repeat(masked, batch, axis=0)
         if cfg:
             mask_in = np.concatenate([mask_in, mask_in])
             masked_in = np.concatenate([masked_in, masked_in])

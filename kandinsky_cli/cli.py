@@ -201,6 +201,200 @@ def grid_command(
     stdout.print(f"wrote {escape(str(out))}: {rows}x{cols} grid, {grid.width}x{grid.height} pixels")
 
 
+# Model options, shared by the commands that run a model.
+DtypeOption = Annotated[str, typer.Option(
+    "--dtype", metavar="float32|float16", help="Weights and compute precision (float32 is the CPU default).")]
+PriorModelOption = Annotated[str, typer.Option(
+    "--prior-model", metavar="ID_OR_DIR",
+    help="Prior pipeline: a local diffusers folder or a hub id (downloaded once into the HF cache).")]
+DecoderModelOption = Annotated[str, typer.Option(
+    "--decoder-model", metavar="ID_OR_DIR",
+    help="Inpaint decoder pipeline: a local diffusers folder or a hub id.")]
+OfflineOption = Annotated[bool, typer.Option(
+    "--offline", help="Never touch the network: hub ids must already be in the HF cache (also HF_HUB_OFFLINE=1).")]
+SeedOption = Annotated[Optional[int], typer.Option(
+    "--seed", min=0, max=2**32 - 1, metavar="N", show_default=False,
+    help="Noise seed (numpy default_rng; same result on CPU, GPU and Ascend). Default: random, reported.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+
+
+class _StepProgress:
+    """A Rich progress bar per stage on a terminal (stderr); nothing when stderr is not a TTY."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tasks: dict = {}
+
+    def __enter__(self) -> "_StepProgress":
+        if stderr.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=stderr, transient=False)
+            self.bar.start()
+        return self
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=step)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _print_json(obj: Any) -> None:
+    from .files import to_json
+
+    typer.echo(to_json(obj, indent=2))
+
+
+def _parse_mix(items: List[str]) -> List[Any]:
+    mix = []
+    for item in items:
+        what, sep, weight = item.rpartition("=")
+        if not sep or not what:
+            raise UserError(f"bad --mix {item!r}: expected TEXT_OR_IMAGE=WEIGHT, e.g. 'a cat=0.3' or photo.png=0.7")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise UserError(f"bad --mix weight {weight!r} in {item!r}: not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UserError(f"bad --mix weight {weight!r} in {item!r}: must be finite")
+        if Path(what).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+            from .files import load_image
+
+            load_image(what)  # unreadable mix image: fail before loading any model
+        mix.append((what, value))
+    return mix
+
+
+@app.command("prior")
+def prior_command(
+    prompt: Annotated[Optional[str], typer.Argument(metavar="PROMPT", show_default=False,
+                                                    help="Text prompt (optional with --mix).")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(
+        "--negative-prompt", metavar="TEXT", show_default=False,
+        help="Negative prompt (diffusers semantics: the prior also returns its embedding as the negative).")] = None,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Prior (UnCLIP) steps, >= 2.")] = 25,
+    guidance: Annotated[float, typer.Option("--guidance", metavar="G", help="Classifier-free guidance (> 1 on).")]
+    = 4.0,
+    num_images: Annotated[int, typer.Option("--num-images", metavar="N", help="Embeddings per prompt.")] = 1,
+    seed: SeedOption = None,
+    mix: Annotated[Optional[List[str]], typer.Option(
+        "--mix", metavar="TEXT_OR_IMAGE=WEIGHT", show_default=False,
+        help="Mix prompts and images (.png/.jpg/.webp paths) with weights, as diffusers' interpolate(); "
+             "repeatable. PROMPT, if given, joins the mix with weight 1.")] = None,
+    model: Annotated[str, typer.Option("--model", metavar="ID_OR_DIR", help="Prior pipeline folder or hub id.")]
+    = "kandinsky-community/kandinsky-2-1-prior",
+    out_dir: Annotated[Path, typer.Option("--out-dir", metavar="DIR", help="Where to write the files.")]
+    = Path("."),
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="File name stem.")] = "prior",
+    dtype: DtypeOption = "float32",
+    offline: OfflineOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Prompt -> CLIP image embeddings: writes NAME.image_embeds.npy, NAME.negative_image_embeds.npy, NAME.json.
+
+    Example: kandinsky prior "a hat" --seed 42 --out-dir embeds
+    """
+    from .core import Kandinsky, PriorRequest, write_prior_outputs
+    from .noise import random_seed
+
+    if "/" in name or not name.strip():
+        raise UserError(f"bad --name {name!r}: a file name stem without '/'")
+    request = PriorRequest(prompt, negative_prompt, steps, guidance, num_images,
+                           seed if seed is not None else random_seed(), _parse_mix(mix or []))
+    request.validate()
+    engine = Kandinsky(prior_model=model, dtype=dtype, offline=offline)
+    with _StepProgress() as progress:
+        emb, neg = engine.run_prior(request, progress)
+    parameters = {"command": "prior", "prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
+                  "guidance_scale": guidance, "num_images": num_images, "seed": request.seed,
+                  "noise": "numpy.default_rng", "mix": [list(m) for m in request.mix], "model": model,
+                  "dtype": dtype, "version": __version__}
+    paths = write_prior_outputs(out_dir, name, emb, neg, parameters)
+    if json_out:
+        _print_json({**paths, "seed": request.seed, "shape": list(emb.shape)})
+    else:
+        stdout.print(f"seed {request.seed}; embeddings {emb.shape[0]}x{emb.shape[1]}")
+        for path in paths.values():
+            stdout.print(f"wrote {escape(path)}")
+
+
+@app.command("inpaint")
+def inpaint_command(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", show_default=False, help="Input image (PNG/JPEG/WebP).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="TEXT", show_default=False,
+                                        help="What to paint into the masked area.")],
+    mask_rect: MaskRectOption = None,
+    mask: MaskFileOption = None,
+    invert_mask: InvertMaskOption = False,
+    grow: GrowOption = 0,
+    feather: FeatherOption = 0,
+    negative_prompt: Annotated[Optional[str], typer.Option(
+        "--negative-prompt", metavar="TEXT", show_default=False, help="What to avoid (both stages).")] = None,
+    image_embeds: Annotated[Optional[Path], typer.Option(
+        "--image-embeds", metavar="F.npy", show_default=False,
+        help="Image embeddings from `kandinsky prior` (skips the prior).")] = None,
+    negative_image_embeds: Annotated[Optional[Path], typer.Option(
+        "--negative-image-embeds", metavar="F.npy", show_default=False,
+        help="Negative image embeddings from `kandinsky prior`.")] = None,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Decoder (DDIM) steps.")] = 100,
+    guidance: Annotated[float, typer.Option("--guidance", metavar="G", help="Decoder guidance (> 1 on).")] = 4.0,
+    prior_steps: Annotated[int, typer.Option("--prior-steps", metavar="N", help="Prior steps, >= 2.")] = 25,
+    prior_guidance: Annotated[float, typer.Option("--prior-guidance", metavar="G", help="Prior guidance.")] = 4.0,
+    height: Annotated[int, typer.Option("--height", metavar="H", help="Working height (multiple of 64).")] = 768,
+    width: Annotated[int, typer.Option("--width", metavar="W", help="Working width (multiple of 64).")] = 768,
+    num_images: Annotated[int, typer.Option("--num-images", metavar="N", help="Images to generate.")] = 1,
+    seed: SeedOption = None,
+    dtype: DtypeOption = "float32",
+    prior_model: PriorModelOption = "kandinsky-community/kandinsky-2-1-prior",
+    decoder_model: DecoderModelOption = "kandinsky-community/kandinsky-2-1-inpaint",
+    offline: OfflineOption = False,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", metavar="PATH", show_default=False,
+        help="Output PNG; several images: PATH-1.png ... PATH-N.png. Default: IMAGE-inpainted.png here.")] = None,
+    paste_back: Annotated[bool, typer.Option(
+        "--paste-back/--no-paste-back",
+        help="Resize the result to the input's size and keep every pixel outside the (grown, feathered) mask "
+             "from the input, bit for bit. --no-paste-back writes the raw model output at the working size.")]
+    = True,
+    save_grid: Annotated[bool, typer.Option("--save-grid", help="Also write PATH-grid.png: input | mask | outputs.")]
+    = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Repaint the masked area of IMAGE from a prompt (runs the prior first unless embeddings are given).
+
+    Example: kandinsky inpaint cat.png --mask-rect 0:250,250:518 --prompt "a hat"
+    """
+    from .core import InpaintRequest, Kandinsky
+    from .masks import MaskSpec
+
+    spec = MaskSpec.from_options(mask, mask_rect, invert_mask, grow, feather)
+    request = InpaintRequest(
+        image=image, mask=spec, prompt=prompt, negative_prompt=negative_prompt, image_embeds=image_embeds,
+        negative_image_embeds=negative_image_embeds, steps=steps, guidance_scale=guidance, prior_steps=prior_steps,
+        prior_guidance_scale=prior_guidance, height=height, width=width, num_images=num_images, seed=seed,
+        out=out if out is not None else Path(f"{image.stem}-inpainted.png"), paste_back=paste_back,
+        save_grid=save_grid)
+    request.validate()
+    engine = Kandinsky(prior_model=prior_model, decoder_model=decoder_model, dtype=dtype, offline=offline)
+    with _StepProgress() as progress:
+        result = engine.inpaint(request, progress)
+    written = [str(p) for p in result.outputs] + ([str(result.grid)] if result.grid else [])
+    if json_out:
+        _print_json({"outputs": [str(p) for p in result.outputs], "grid": str(result.grid) if result.grid else None,
+                     "seed": result.seed, "timings": result.timings, "parameters": result.parameters})
+    else:
+        stdout.print(f"seed {result.seed}")
+        for path in written:
+            stdout.print(f"wrote {escape(path)}")
+
+
 @app.command("batch")
 def batch_command(
     jobs_file: Annotated[Path, typer.Argument(metavar="JOBS.yaml", show_default=False,

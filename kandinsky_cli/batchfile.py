@@ -30,12 +30,12 @@ guidance_scale              number >= 0                                      4.0
 prior_steps                 integer 1 .. 1000                                25
 prior_guidance_scale        number >= 0                                      4.0
 height, width               multiple of 64, 64 .. 4096                       768
-out                         output image (.png/.jpg/.jpeg/.webp)             ``outputs/<image stem>.png``
+out                         output image (.png)                              ``outputs/<image stem>.png``
 image_embeds,               ``.npy`` files replacing the prior (both or      none
 negative_image_embeds       neither), must exist
 ==========================  ===============================================  =========================
 
-With ``num_images`` > 1 the outputs are ``<out stem>-0<suffix>``, ``<out stem>-1<suffix>``, ... Two jobs
+With ``num_images`` > 1 the outputs are ``<out stem>-1.png`` ... ``<out stem>-N.png`` (as ``kandinsky inpaint``). Two jobs
 may not write the same file, and no output may overwrite an input. Every error is a :class:`UserError`
 naming the file, the job and the key, e.g. ``jobs.yaml: jobs[2].steps: must be an integer from 1 to 1000,
 got 0``.
@@ -52,7 +52,7 @@ import numpy as np
 import yaml
 
 from .errors import UserError
-from .files import OUTPUT_IMAGE_FORMATS, PathLike, load_image
+from .files import PathLike, load_image, numbered_paths
 from .masks import MaskSpec, SizeHW, load_mask_file, parse_rect, rect_mask
 
 REQUIRED = object()
@@ -161,7 +161,7 @@ JOB_KEYS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
     "prior_guidance_scale": (_number(0.0), 4.0),
     "height": (_integer(64, 4096, multiple=64), 768),
     "width": (_integer(64, 4096, multiple=64), 768),
-    "out": (_optional(_path(tuple(OUTPUT_IMAGE_FORMATS))), None),
+    "out": (_optional(_path((".png",))), None),
     "image_embeds": (_optional(_path((".npy",))), None),
     "negative_image_embeds": (_optional(_path((".npy",))), None),
 }
@@ -202,10 +202,8 @@ class Job:
 
     @property
     def outputs(self) -> List[Path]:
-        """The files this job writes: ``out``, or ``<stem>-<i><suffix>`` for several images."""
-        if self.num_images == 1:
-            return [self.out]
-        return [self.out.with_name(f"{self.out.stem}-{i}{self.out.suffix}") for i in range(self.num_images)]
+        """The files this job writes: ``out``, or ``<stem>-1.png`` ... ``<stem>-N.png`` for several images."""
+        return numbered_paths(self.out, self.num_images)
 
     @property
     def uses_prior(self) -> bool:

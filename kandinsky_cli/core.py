@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import __version__, model_io
 from .errors import UserError
-from .files import load_image, save_json, save_npy, save_png
+from .files import load_image, numbered_paths, save_json, save_npy, save_png
 from .masks import MaskSpec, mask_to_image
 from .noise import random_seed
 
@@ -62,14 +62,6 @@ def load_embeddings(path: Path, what: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise UserError(f"{what} {path} contains NaN or infinite values")
     return arr.astype(np.float32)
-
-
-def numbered_paths(out: Path, count: int) -> List[Path]:
-    """``out`` itself for one output, ``out-1.png`` ... ``out-N.png`` for several."""
-    out = Path(out)
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, count + 1)]
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

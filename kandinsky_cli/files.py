@@ -146,6 +146,14 @@ def output_image_format(path: PathLike) -> str:
     return OUTPUT_IMAGE_FORMATS[suffix]
 
 
+def numbered_paths(out: PathLike, count: int) -> list:
+    """The files of ``count`` outputs named ``out``: ``out`` itself for one, ``out-1.png`` ... ``out-N.png``."""
+    out = Path(out)
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, count + 1)]
+
+
 def save_npy(path: PathLike, array: np.ndarray) -> Path:
     """Write one array as ``.npy`` atomically (no pickles)."""
     with atomic_write(path) as f:

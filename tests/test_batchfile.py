@@ -56,7 +56,7 @@ jobs:
     grow: 2
     feather: 4
     invert_mask: false
-    out: results/cap.webp
+    out: results/cap.png
     image_embeds: in/pos.npy
     negative_image_embeds: in/neg.npy
 """
@@ -77,7 +77,7 @@ def test_valid_file_with_defaults_and_paths(batch_dir):
     assert second.steps == 7 and second.seed == 2**32 - 1 and second.guidance_scale == 7.0
     assert isinstance(second.guidance_scale, float)
     assert second.mask == batch_dir / "in" / "mask.png"
-    assert second.outputs == [batch_dir / "results" / f"cap-{i}.webp" for i in range(3)]
+    assert second.outputs == [batch_dir / "results" / f"cap-{i}.png" for i in range(1, 4)]
     assert not second.uses_prior and second.negative_image_embeds == batch_dir / "in" / "neg.npy"
     spec = second.mask_spec()
     assert (spec.path, spec.grow, spec.feather) == (second.mask, 2, 4)

@@ -3,7 +3,8 @@
 Fenced blocks are opted in by their info string:
 
 * ```` ```sh readme-test ```` — run with bash (``set -euo pipefail``), in order, in one temporary
-  directory that holds ``cat.png`` (768x768) and a copy of ``configs/``;
+  directory that holds ``cat.png`` (768x768), a copy of ``configs/`` and ``tests/`` (a link to the
+  repository's, for the tiny checkpoints);
 * ```` ```yaml readme-file=NAME ```` (any language) — written to NAME in that directory first.
 
 Every ``sh`` block that runs a foundation command (``kandinsky mask|grid|batch``) must be opted in; the
@@ -49,6 +50,7 @@ def test_readme_commands_run(tmp_path):
     cat = Image.open(REPO / "configs" / "examples" / "cat.png").convert("RGB")
     cat.resize((768, 768), Image.Resampling.BICUBIC).save(tmp_path / "cat.png")
     shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "tests").symlink_to(REPO / "tests")  # README commands use the tiny test checkpoints
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     ran = 0
     for info, body in blocks():
@@ -64,5 +66,6 @@ def test_readme_commands_run(tmp_path):
                                        f"--- stderr\n{result.stderr}"
         ran += 1
     assert ran >= 3
-    for name in ("mask.png", "mask.npy", "keep.png", "grid.png"):
+    for name in ("mask.png", "mask.npy", "keep.png", "grid.png", "embeds/prior.image_embeds.npy", "hat.png",
+                 "hats-1.png", "hats-2.png", "hats-grid.png"):
         assert (tmp_path / name).is_file(), name

@@ -20,6 +20,7 @@ from .masks import MaskSpec, mask_to_image
 from .noise import random_seed
 
 DTYPES = ("float32", "float16")
+MODES = ("graph", "pynative")
 
 # progress(stage, step, total): stage is "prior" or "decoder"
 Progress = Optional[Callable[[str, int, int], None]]
@@ -139,9 +140,12 @@ class Kandinsky:
     """Both stages, each loaded on first use and kept for every later request of the process."""
 
     def __init__(self, prior_model: str = model_io.DEFAULT_PRIOR, decoder_model: str = model_io.DEFAULT_DECODER,
-                 dtype: str = "float32", offline: bool = False):
+                 dtype: str = "float32", offline: bool = False, mode: str = "graph"):
         if dtype not in DTYPES:
             raise UserError(f"bad dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if mode not in MODES:
+            raise UserError(f"bad mode {mode!r}: use graph (compiled, the default) or pynative (eager, for debugging)")
+        self.mode = mode
         self.prior_model, self.decoder_model = prior_model, decoder_model
         self.dtype_name, self.offline = dtype, offline
         self._prior = self._decoder = None
@@ -160,7 +164,7 @@ class Kandinsky:
             from .prior_pipeline import PriorPipeline
 
             root = model_io.resolve_model_dir(self.prior_model, offline=self.offline)
-            self._prior = PriorPipeline(root, self.ms_dtype)
+            self._prior = PriorPipeline(root, self.ms_dtype, self.mode)
             self.counters["prior_loads"] += 1
         return self._prior
 
@@ -170,7 +174,7 @@ class Kandinsky:
             from .inpaint_pipeline import InpaintPipeline
 
             root = model_io.resolve_model_dir(self.decoder_model, offline=self.offline)
-            self._decoder = InpaintPipeline(root, self.ms_dtype)
+            self._decoder = InpaintPipeline(root, self.ms_dtype, self.mode)
             self.counters["decoder_loads"] += 1
         return self._decoder
 

@@ -71,9 +71,10 @@ def erode_keep_mask(mask: np.ndarray) -> np.ndarray:
 class InpaintPipeline:
     """M-CLIP text encoder + 9-channel UNet + MoVQ + DDIM, loaded once from a pipeline folder."""
 
-    def __init__(self, root: Path, dtype=None):
+    def __init__(self, root: Path, dtype=None, mode: str = "graph"):
         import mindspore as ms
 
+        from .layers import compiled
         from .mclip import MultilingualCLIP
         from .movq import VQModel
         from .schedulers import DDIMScheduler
@@ -92,10 +93,16 @@ class InpaintPipeline:
         self.latent_channels = int(self.movq.config["latent_channels"])
         self.scale_factor = self.movq.scale_factor
         self.image_embed_dim = int(self.unet_config["cross_attention_dim"])
+        self.mode = mode
+        self._text_fn = compiled(self.text_encoder, mode)
+        self._unet_fn = compiled(self.unet, mode)
+        self._encode_fn = compiled(self.movq.encode_latents, mode)
+        self._decode_fn = compiled(self.movq.decode_latents, mode)
 
     @classmethod
-    def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype)
+    def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False,
+                        mode: str = "graph"):
+        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode)
 
     def _tensor(self, arr):
         import mindspore as ms
@@ -106,7 +113,7 @@ class InpaintPipeline:
         import mindspore as ms
 
         ids, mask = self.tokenizer(list(texts))
-        embeds, hidden = self.text_encoder(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
+        embeds, hidden = self._text_fn(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
         return embeds.asnumpy(), hidden.asnumpy()
 
     def _encode_prompt(self, prompts: List[str], num_images: int, cfg: bool, negative: Optional[List[str]]):
@@ -148,7 +155,7 @@ class InpaintPipeline:
 
         mask = preprocess_mask(mask_image, height, width)
         pixels = preprocess_image(image, height, width)
-        image_latents = self.movq.encode(self._tensor(pixels)).asnumpy().astype(np.float32)
+        image_latents = self._encode_fn(self._tensor(pixels)).asnumpy().astype(np.float32)
         mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
         masked = image_latents * mask
         # one image for the whole batch (diffusers: repeat_interleave(num_images_per_prompt) of one image)
@@ -174,7 +181,8 @@ class InpaintPipeline:
         for i, t in enumerate(timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
-            out = self.unet.predict(self._tensor(model_in), int(t), t_hidden, t_embeds, t_image)
+            t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
+            out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
             eps = out.asnumpy().astype(np.float32)[:, :c]
             if cfg:
                 uncond, cond = np.split(eps, 2)
@@ -185,7 +193,7 @@ class InpaintPipeline:
                 debug["step_latents_out"].append(latents)
             if callback is not None:
                 callback(i + 1, len(timesteps))
-        decoded = self.movq.decode(self._tensor(latents)).asnumpy().astype(np.float32)
+        decoded = self._decode_fn(self._tensor(latents)).asnumpy().astype(np.float32)
         if debug is not None:
             debug["movq_decoded_preclamp"] = decoded
             debug["step_eps_guided"] = np.stack(debug["step_eps_guided"])

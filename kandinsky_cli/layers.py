@@ -131,6 +131,21 @@ def timestep_embedding(timesteps: np.ndarray, dim: int, flip_sin_to_cos: bool = 
     return emb
 
 
+MODES = ("graph", "pynative")
+
+
+def compiled(fn, mode: str = "graph"):
+    """``fn`` (a Cell or a tensor-only method) compiled with ``ms.jit`` in graph mode, as is in pynative mode.
+
+    A compiled function is traced once per input shape and dtype and reused for every later call.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown execution mode {mode!r} (graph or pynative)")
+    if mode == "pynative":
+        return fn
+    return ms.jit(fn.construct if isinstance(fn, nn.Cell) else fn)
+
+
 def upsample_nearest2x(x):
     return ops.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2), mode="nearest")
 

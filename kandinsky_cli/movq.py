@@ -330,18 +330,24 @@ class VQModel(nn.Cell):
             x = Tensor(np.asarray(x))
         return x.astype(self.dtype)
 
+    def encode_latents(self, x: Tensor) -> Tensor:
+        """Tensor-only ``encode`` (what graph mode compiles)."""
+        return self.quant_conv(self.encoder(x))
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Tensor-only ``decode`` (what graph mode compiles)."""
+        return self.decoder(self.post_quant_conv(z), z if self.spatial else None)
+
     def encode(self, x) -> Tensor:
         """Image (B, in_channels, H, W) in [-1, 1] -> latents ``quant_conv(encoder(x))`` (no quantisation)."""
-        return self.quant_conv(self.encoder(self._as_tensor(x)))
+        return self.encode_latents(self._as_tensor(x))
 
     def decode(self, z) -> Tensor:
         """Latents (B, latent_channels, h, w) -> image, as diffusers ``decode(z, force_not_quantize=True)``."""
         if self.config["lookup_from_codebook"]:
             raise NotImplementedError("VQModel: decoding codebook indices (lookup_from_codebook=True) is not supported")
-        z = self._as_tensor(z)
-        return self.decoder(self.post_quant_conv(z), z if self.spatial else None)
+        return self.decode_latents(self._as_tensor(z))
 
     def construct(self, x):
         """encode then decode (Tensor in, Tensor out)."""
-        z = self.quant_conv(self.encoder(x))
-        return self.decoder(self.post_quant_conv(z), z if self.spatial else None)
+        return self.decode_latents(self.encode_latents(x))

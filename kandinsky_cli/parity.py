@@ -39,9 +39,10 @@ def tokenizer_outputs(fixture: Path) -> Arrays:
     return out
 
 
-def prior_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
+def prior_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph") -> Arrays:
     import mindspore as ms
 
+    from .layers import compiled
     from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
     from .prior import PriorTransformer
 
@@ -49,21 +50,23 @@ def prior_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
     out = {}
     text = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder")
     ids = inputs["clip_text/input_ids"]
-    embeds, hidden = text(ms.Tensor(ids.astype(np.int32)))
+    embeds, hidden = compiled(text, mode)(ms.Tensor(ids.astype(np.int32)))
     out.update({"clip_text/input_ids": ids, "clip_text/text_embeds": embeds.asnumpy(),
                 "clip_text/last_hidden_state": hidden.asnumpy()})
 
     vision = CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder")
     pixels = inputs["clip_vision/pixel_values"]
     out["clip_vision/pixel_values"] = pixels
-    out["clip_vision/image_embeds"] = vision(ms.Tensor(pixels)).asnumpy()
-    out["clip_vision/zero_image_embeds"] = vision(ms.Tensor(np.zeros_like(pixels))).asnumpy()
+    vision_fn = compiled(vision, mode)
+    out["clip_vision/image_embeds"] = vision_fn(ms.Tensor(pixels)).asnumpy()
+    out["clip_vision/zero_image_embeds"] = vision_fn(ms.Tensor(np.zeros_like(pixels))).asnumpy()
 
     prior = PriorTransformer.from_pretrained(root / "prior")
     args = [ms.Tensor(inputs[f"prior/{k}"]) for k in ("hidden_states", "proj_embedding", "encoder_hidden_states")]
     mask = ms.Tensor(inputs["prior/attention_mask"])
+    prior_fn = compiled(prior, mode)
     for t in inputs["prior/timesteps"]:
-        pred = prior.predict(args[0], int(t), args[1], args[2], mask)
+        pred = prior_fn(args[0], prior.timestep_input(int(t), args[0].shape[0]), args[1], args[2], mask)
         out[f"prior/predicted_image_embedding_t{int(t)}"] = pred.asnumpy()
     for k in ("hidden_states", "proj_embedding", "encoder_hidden_states", "attention_mask", "timesteps"):
         out[f"prior/{k}"] = inputs[f"prior/{k}"]
@@ -71,9 +74,10 @@ def prior_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
     return out
 
 
-def decoder_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
+def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph") -> Arrays:
     import mindspore as ms
 
+    from .layers import compiled
     from .mclip import MultilingualCLIP
     from .movq import VQModel
     from .unet import UNet2DConditionModel
@@ -82,33 +86,36 @@ def decoder_component_outputs(fixture: Path, inputs: Arrays) -> Arrays:
     out = {}
     mclip = MultilingualCLIP.from_pretrained(root / "text_encoder")
     ids, mask = inputs["mclip/input_ids"], inputs["mclip/attention_mask"]
-    embeds, hidden = mclip(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
+    embeds, hidden = compiled(mclip, mode)(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
     out.update({"mclip/input_ids": ids, "mclip/attention_mask": mask, "mclip/text_embeds": embeds.asnumpy(),
                 "mclip/last_hidden_state": hidden.asnumpy()})
 
     unet = UNet2DConditionModel.from_pretrained(root / "unet")
     u = {k: ms.Tensor(inputs[f"unet/{k}"]) for k in ("sample", "encoder_hidden_states", "text_embeds", "image_embeds")}
+    unet_fn = compiled(unet, mode)
     for t in inputs["unet/timesteps"]:
-        res = unet.predict(u["sample"], int(t), u["encoder_hidden_states"], u["text_embeds"], u["image_embeds"])
+        temb = unet.time_proj(np.full(u["sample"].shape[0], int(t)))
+        res = unet_fn(u["sample"], temb, u["encoder_hidden_states"], u["text_embeds"], u["image_embeds"])
         out[f"unet/out_t{int(t)}"] = res.asnumpy()
     for k in ("sample", "encoder_hidden_states", "text_embeds", "image_embeds", "timesteps"):
         out[f"unet/{k}"] = inputs[f"unet/{k}"]
 
     movq = VQModel.from_pretrained(root / "movq")
-    latents = movq.encode(ms.Tensor(inputs["movq/image"]))
+    encode, decode = compiled(movq.encode_latents, mode), compiled(movq.decode_latents, mode)
+    latents = encode(ms.Tensor(inputs["movq/image"]))
     out["movq/image"] = inputs["movq/image"]
     out["movq/encode_latents"] = latents.asnumpy()
-    out["movq/decode_of_encode"] = movq.decode(latents).asnumpy()
+    out["movq/decode_of_encode"] = decode(latents).asnumpy()
     out["movq/decode_latents_in"] = inputs["movq/decode_latents_in"]
-    out["movq/decode_out"] = movq.decode(ms.Tensor(inputs["movq/decode_latents_in"])).asnumpy()
+    out["movq/decode_out"] = decode(ms.Tensor(inputs["movq/decode_latents_in"])).asnumpy()
     return out
 
 
-def prior_pipeline_outputs(fixture: Path, pipe=None, debug: bool = False) -> Arrays:
+def prior_pipeline_outputs(fixture: Path, pipe=None, mode: str = "graph") -> Arrays:
     from .noise import Noise
     from .prior_pipeline import PriorPipeline
 
-    pipe = pipe or PriorPipeline(Path(fixture) / "prior")
+    pipe = pipe or PriorPipeline(Path(fixture) / "prior", mode=mode)
     out = {}
     for i, case in enumerate(load_cases(fixture)["prior_cases"]):
         emb, neg = pipe(case["prompt"], negative_prompt=case.get("negative_prompt"),
@@ -131,12 +138,12 @@ def inpaint_inputs(fixture: Path, case: dict, inputs: Arrays, i: int):
     return image, mask
 
 
-def inpaint_pipeline_outputs(fixture: Path, pipe=None, debug: Arrays = None) -> Arrays:
+def inpaint_pipeline_outputs(fixture: Path, pipe=None, debug: Arrays = None, mode: str = "graph") -> Arrays:
     from .inpaint_pipeline import InpaintPipeline
     from .noise import Noise
 
     fixture = Path(fixture)
-    pipe = pipe or InpaintPipeline(fixture / "inpaint")
+    pipe = pipe or InpaintPipeline(fixture / "inpaint", mode=mode)
     golden_inputs = _load_npz(fixture / "golden" / "inpaint_pipeline.npz")
     out = {}
     for i, case in enumerate(load_cases(fixture)["inpaint_cases"]):
@@ -156,7 +163,7 @@ def inpaint_pipeline_outputs(fixture: Path, pipe=None, debug: Arrays = None) -> 
     return out
 
 
-def run_all(fixture: Path, out_dir: Path, log=print) -> Dict[str, Path]:
+def run_all(fixture: Path, out_dir: Path, log=print, mode: str = "graph") -> Dict[str, Path]:
     """Write tokenizers/components/prior_pipeline/inpaint_pipeline/debug_intermediates .npz into ``out_dir``."""
     fixture, out_dir = Path(fixture), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,10 +172,10 @@ def run_all(fixture: Path, out_dir: Path, log=print) -> Dict[str, Path]:
     debug: Arrays = {}
     producers = {
         "tokenizers": lambda: tokenizer_outputs(fixture),
-        "components": lambda: {**prior_component_outputs(fixture, inputs),
-                               **decoder_component_outputs(fixture, inputs)},
-        "prior_pipeline": lambda: prior_pipeline_outputs(fixture),
-        "inpaint_pipeline": lambda: inpaint_pipeline_outputs(fixture, debug=debug),
+        "components": lambda: {**prior_component_outputs(fixture, inputs, mode),
+                               **decoder_component_outputs(fixture, inputs, mode)},
+        "prior_pipeline": lambda: prior_pipeline_outputs(fixture, mode=mode),
+        "inpaint_pipeline": lambda: inpaint_pipeline_outputs(fixture, debug=debug, mode=mode),
     }
     for name, make in producers.items():
         path = out_dir / f"{name}.npz"

@@ -46,9 +46,10 @@ def clip_preprocess(image, config: dict) -> np.ndarray:
 class PriorPipeline:
     """CLIP text/vision encoders + PriorTransformer + UnCLIP scheduler, loaded once from a pipeline folder."""
 
-    def __init__(self, root: Path, dtype=None):
+    def __init__(self, root: Path, dtype=None, mode: str = "graph"):
         import mindspore as ms
 
+        from .layers import compiled
         from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
         from .prior import PriorTransformer
         from .schedulers import UnCLIPScheduler
@@ -67,10 +68,15 @@ class PriorPipeline:
         self.image_size = int(model_io.read_config(self.root / "image_encoder").get("image_size", 224))
         self.embedding_dim = self.prior.embedding_dim
         self._zero_embed = None
+        self.mode = mode
+        self._text_fn = compiled(self.text_encoder, mode)
+        self._image_fn = compiled(self.image_encoder, mode)
+        self._prior_fn = compiled(self.prior, mode)
 
     @classmethod
-    def from_pretrained(cls, model: str = model_io.DEFAULT_PRIOR, dtype=None, offline: bool = False):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype)
+    def from_pretrained(cls, model: str = model_io.DEFAULT_PRIOR, dtype=None, offline: bool = False,
+                        mode: str = "graph"):
+        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode)
 
     # -- pieces -------------------------------------------------------------------------------------------
     def _tensor(self, arr):
@@ -83,11 +89,11 @@ class PriorPipeline:
         import mindspore as ms
 
         ids, mask = self.tokenizer(list(texts))
-        embeds, hidden = self.text_encoder(ms.Tensor(ids.astype(np.int32)))
+        embeds, hidden = self._text_fn(ms.Tensor(ids.astype(np.int32)))
         return embeds.asnumpy(), hidden.asnumpy(), mask.astype(bool)
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.image_encoder(self._tensor(pixel_values)).asnumpy()
+        return self._image_fn(self._tensor(pixel_values)).asnumpy()
 
     def zero_image_embed(self) -> np.ndarray:
         """The embedding of an all-zero image (zeros in normalised pixel space), shape (1, E)."""
@@ -128,7 +134,8 @@ class PriorPipeline:
         t_embeds, t_hidden, t_mask = self._tensor(embeds), self._tensor(hidden), self._tensor(mask)
         for i, t in enumerate(timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents
-            pred = self.prior.predict(self._tensor(model_in), int(t), t_embeds, t_hidden, t_mask)
+            t_in = self.prior.timestep_input(int(t), model_in.shape[0])
+            pred = self._prior_fn(self._tensor(model_in), t_in, t_embeds, t_hidden, t_mask)
             pred = pred.asnumpy().astype(np.float32)
             if cfg:
                 uncond, cond = np.split(pred, 2)

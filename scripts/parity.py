@@ -15,11 +15,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("fixture", type=Path, help="folder with prior/, inpaint/, golden/")
     ap.add_argument("out_dir", type=Path, help="where to write the candidate .npz files")
+    ap.add_argument("--mode", choices=("graph", "pynative"), default="graph",
+                    help="run the networks compiled (graph, the default) or eagerly (pynative)")
     args = ap.parse_args()
     if not (args.fixture / "golden" / "cases.json").is_file():
         print(f"error: {args.fixture} does not look like a fixture (no golden/cases.json)", file=sys.stderr)
         return 2
-    run_all(args.fixture, args.out_dir)
+    run_all(args.fixture, args.out_dir, mode=args.mode)
     return 0
 
 

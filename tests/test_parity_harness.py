@@ -1,0 +1,44 @@
+"""The parity harness (scripts/parity.py's engine) on the tiny fixture, in graph and pynative mode."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE, assert_scaled
+from kandinsky_cli import parity
+
+REPO = FIXTURE.parent.parent.parent
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_components_match_golden(mode, golden):
+    ref = golden("components")
+    out = {**parity.prior_component_outputs(FIXTURE, ref, mode), **parity.decoder_component_outputs(FIXTURE, ref, mode)}
+    assert sorted(out) == sorted(ref)
+    for key, value in ref.items():
+        if key.endswith(("input_ids", "attention_mask", "timesteps")) or value.dtype == bool:
+            np.testing.assert_array_equal(out[key], value, err_msg=key)
+        else:
+            assert_scaled(out[key], value, 1e-4, f"{mode} {key}")
+
+
+def test_prior_pipeline_pynative(golden):
+    ref = golden("prior_pipeline")
+    out = parity.prior_pipeline_outputs(FIXTURE, mode="pynative")
+    for key in ref:
+        assert_scaled(out[key], ref[key], 1e-4, key)
+
+
+def test_tokenizer_outputs(golden):
+    ref = golden("tokenizers")
+    out = parity.tokenizer_outputs(FIXTURE)
+    assert sorted(out) == sorted(ref)
+    for key in ref:
+        np.testing.assert_array_equal(out[key], ref[key], err_msg=key)
+
+
+def test_parity_script_rejects_a_non_fixture(tmp_path):
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "parity.py"), str(tmp_path), str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "golden/cases.json" in res.stderr

@@ -92,6 +92,9 @@ def activation(name: str):
         raise ValueError(f"unsupported activation {name!r}") from None
 
 
+_matmul_nt = ops.BatchMatMul(transpose_b=True)
+
+
 def attention(q, k, v, heads: int, mask=None):
     """Multi-head scaled dot-product attention on (B, L, C) tensors.
 
@@ -101,13 +104,15 @@ def attention(q, k, v, heads: int, mask=None):
     b, lq, c = q.shape
     lk = k.shape[1]
     d = c // heads
-    q = q.reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
-    k = k.reshape(b, lk, heads, d).transpose(0, 2, 3, 1)
+    q = (q * (d ** -0.5)).reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
+    k = k.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
     v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
-    scores = ops.matmul(q, k) * (d ** -0.5)
+    scores = _matmul_nt(q, k)
     if mask is not None:
         scores = scores + mask.astype(scores.dtype)
-    probs = ops.softmax(scores.astype(ms.float32), axis=-1).astype(v.dtype)
+    if scores.dtype != ms.float32:
+        scores = scores.astype(ms.float32)
+    probs = ops.softmax(scores, axis=-1).astype(v.dtype)
     out = ops.matmul(probs, v)
     return out.transpose(0, 2, 1, 3).reshape(b, lq, c)
 
@@ -147,7 +152,11 @@ def compiled(fn, mode: str = "graph"):
 
 
 def upsample_nearest2x(x):
-    return ops.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2), mode="nearest")
+    """Nearest-neighbour x2 on NCHW (= ``F.interpolate(scale_factor=2)``); stacking copies is ~3x faster on
+    CPU than MindSpore's interpolate kernel."""
+    n, c, h, w = x.shape
+    x = ops.stack((x, x), axis=-1).reshape(n, c, h, 2 * w)
+    return ops.stack((x, x), axis=-2).reshape(n, c, 2 * h, 2 * w)
 
 
 def avg_pool2x(x):

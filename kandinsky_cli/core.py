@@ -149,6 +149,9 @@ class Kandinsky:
         self.prior_model, self.decoder_model = prior_model, decoder_model
         self.dtype_name, self.offline = dtype, offline
         self._prior = self._decoder = None
+        self._roots: Dict[str, Path] = {}
+        # A one-shot run frees the prior (~1.5 B parameters at real size) before the decoder is loaded.
+        self.release_prior_after_use = False
         self.counters = {"prior_loads": 0, "decoder_loads": 0, "prior_runs": 0, "decoder_runs": 0}
         self._embedding_cache: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
 
@@ -158,13 +161,32 @@ class Kandinsky:
 
         return ms.float16 if self.dtype_name == "float16" else ms.float32
 
+    def root(self, stage: str) -> Path:
+        """The local folder of a stage ("prior" or "decoder"), downloading it once if it is a hub id."""
+        if stage not in self._roots:
+            model = self.prior_model if stage == "prior" else self.decoder_model
+            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline)
+        return self._roots[stage]
+
+    def embedding_widths(self) -> Tuple[int, int]:
+        """(prior embedding width, decoder image-embedding width), from the configs alone."""
+        prior = model_io.read_config(self.root("prior") / "prior")
+        unet = model_io.read_config(self.root("decoder") / "unet")
+        return int(prior.get("clip_embed_dim") or prior.get("embedding_dim", 768)), int(unet["cross_attention_dim"])
+
+    def unload_prior(self) -> None:
+        """Drop the prior's networks (they are reloaded on next use)."""
+        import gc
+
+        self._prior = None
+        gc.collect()
+
     @property
     def prior(self):
         if self._prior is None:
             from .prior_pipeline import PriorPipeline
 
-            root = model_io.resolve_model_dir(self.prior_model, offline=self.offline)
-            self._prior = PriorPipeline(root, self.ms_dtype, self.mode)
+            self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, self.mode)
             self.counters["prior_loads"] += 1
         return self._prior
 
@@ -173,8 +195,7 @@ class Kandinsky:
         if self._decoder is None:
             from .inpaint_pipeline import InpaintPipeline
 
-            root = model_io.resolve_model_dir(self.decoder_model, offline=self.offline)
-            self._decoder = InpaintPipeline(root, self.ms_dtype, self.mode)
+            self._decoder = InpaintPipeline(self.root("decoder"), self.ms_dtype, self.mode)
             self.counters["decoder_loads"] += 1
         return self._decoder
 
@@ -235,16 +256,19 @@ class Kandinsky:
         seed = req.seed if req.seed is not None else random_seed()
         timings: Dict[str, float] = {}
 
-        decoder = self.decoder
-        width_e = decoder.image_embed_dim
         if embeds is None:
-            if self.prior.embedding_dim != width_e:
-                raise UserError(f"the prior {self.prior_model} makes {self.prior.embedding_dim}-wide embeddings but "
-                                f"the decoder {self.decoder_model} expects {width_e}: the checkpoints do not match")
+            width_p, width_d = self.embedding_widths()
+            if width_p != width_d:
+                raise UserError(f"the prior {self.prior_model} makes {width_p}-wide embeddings but "
+                                f"the decoder {self.decoder_model} expects {width_d}: the checkpoints do not match")
             t0 = time.perf_counter()
             embeds = self.run_prior(PriorRequest(req.prompt, req.negative_prompt, req.prior_steps,
                                                  req.prior_guidance_scale, req.num_images, seed), progress)
             timings["prior_s"] = time.perf_counter() - t0
+            if self.release_prior_after_use:
+                self.unload_prior()
+        decoder = self.decoder
+        width_e = decoder.image_embed_dim
         emb, neg = embeds
         for arr, what in ((emb, "image embeddings"), (neg, "negative image embeddings")):
             if arr.shape[1] != width_e:

@@ -107,20 +107,41 @@ def weight_files(component_dir: Path, base: str, variant: Optional[str] = None) 
     raise UserError(f"no {base}.safetensors in {component_dir}{hint}")
 
 
-def read_safetensors(files: Sequence[Path]) -> Dict[str, np.ndarray]:
-    """Every tensor of the given safetensors files as numpy arrays (memory-mapped reads)."""
+def _open_safetensors(path: Path):
     from safetensors import safe_open
 
+    try:
+        return safe_open(str(path), framework="numpy")
+    except Exception as exc:  # SafetensorError, OSError, bad headers
+        raise UserError(f"cannot read weights {path}: corrupt, truncated or unsupported safetensors file "
+                        f"({exc})") from None
+
+
+def safetensors_shapes(files: Sequence[Path]) -> Dict[str, tuple]:
+    """{key: shape} from the files' headers, without reading any tensor data."""
+    shapes: Dict[str, tuple] = {}
+    for path in files:
+        with _open_safetensors(path) as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def read_safetensors(files: Sequence[Path]) -> Dict[str, np.ndarray]:
+    """Every tensor of the given safetensors files as numpy arrays (for small files and tests)."""
     state: Dict[str, np.ndarray] = {}
     for path in files:
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                for key in f.keys():
-                    state[key] = f.get_tensor(key)
-        except Exception as exc:  # SafetensorError, OSError, bad headers, unsupported dtypes
-            raise UserError(f"cannot read weights {path}: corrupt, truncated or unsupported safetensors file "
-                            f"({exc})") from None
+        with _open_safetensors(path) as f:
+            for key in f.keys():
+                state[key] = _get_tensor(f, key, path)
     return state
+
+
+def _get_tensor(handle, key: str, path: Path) -> np.ndarray:
+    try:
+        return handle.get_tensor(key)
+    except Exception as exc:  # truncated data, unsupported dtype (e.g. bfloat16 in numpy)
+        raise UserError(f"cannot read tensor {key} from {path}: {exc}") from None
 
 
 def _rename_legacy(key: str) -> str:
@@ -134,40 +155,48 @@ def load_weights(cell, component_dir: Path, base: str, dtype=None, variant: Opti
                  ignore: Iterable = KNOWN_IGNORED, rename: Optional[Callable[[str], str]] = _rename_legacy):
     """Strictly load a component's safetensors into ``cell``: every parameter exactly once, same shapes.
 
-    A missing, unexpected or wrongly shaped tensor is an error naming the key (and both shapes).
+    A missing, unexpected or wrongly shaped tensor is an error naming the key (and both shapes), found from
+    the file headers before any data is read. Tensors are then read one at a time and handed to the
+    parameter without a second copy, so peak memory is the model plus one tensor.
     ``dtype`` (a MindSpore dtype) casts floating-point weights; None keeps float32.
     """
     import mindspore as ms
 
     files = weight_files(component_dir, base, variant)
-    state = read_safetensors(files)
+    shapes = safetensors_shapes(files)
     params = dict(cell.parameters_and_names())
-    loaded = {}
+    names: Dict[str, str] = {}   # checkpoint key -> parameter name
     unexpected = []
-    for key in list(state):
+    for key in shapes:
         name = key if key in params else (rename(key) if rename else key)
-        if name not in params:
-            if not any(p.search(key) for p in ignore):
-                unexpected.append(key)
-            continue
-        loaded[name] = state.pop(key)
-    missing = sorted(set(params) - set(loaded))
+        if name in params:
+            names[key] = name
+        elif not any(p.search(key) for p in ignore):
+            unexpected.append(key)
     where = f"{Path(component_dir)}"
+    missing = sorted(set(params) - set(names.values()))
     if missing:
         raise UserError(f"{where}: checkpoint lacks {len(missing)} parameter(s), first: {missing[0]} "
                         f"(shape {tuple(params[missing[0]].shape)})")
     if unexpected:
         raise UserError(f"{where}: checkpoint has {len(unexpected)} unexpected tensor(s), first: {unexpected[0]} "
-                        f"(shape {tuple(state[unexpected[0]].shape)}); is the config right for these weights?")
+                        f"(shape {shapes[unexpected[0]]}); is the config right for these weights?")
+    for key, name in names.items():
+        if shapes[key] != tuple(params[name].shape):
+            raise UserError(f"{where}: tensor {name} has shape {shapes[key]} in the checkpoint but the "
+                            f"config gives {tuple(params[name].shape)}")
     target = dtype or ms.float32
-    for name, arr in loaded.items():
-        param = params[name]
-        if tuple(arr.shape) != tuple(param.shape):
-            raise UserError(f"{where}: tensor {name} has shape {tuple(arr.shape)} in the checkpoint but the "
-                            f"config gives {tuple(param.shape)}")
-        if np.issubdtype(arr.dtype, np.floating):
-            np_dtype = np.float16 if target == ms.float16 else np.float32
-            arr = arr.astype(np_dtype, copy=False)
-            param.set_dtype(target)
-        param.set_data(ms.Tensor(arr))
+    np_dtype = np.float16 if target == ms.float16 else np.float32
+    for path in files:
+        with _open_safetensors(path) as f:
+            for key in f.keys():
+                if key not in names:
+                    continue
+                arr = _get_tensor(f, key, path)
+                param = params[names[key]]
+                if np.issubdtype(arr.dtype, np.floating):
+                    arr = np.ascontiguousarray(arr, dtype=np_dtype)
+                    param.set_dtype(target)
+                param.set_data(ms.Tensor.from_numpy(arr))
+                del arr
     return cell

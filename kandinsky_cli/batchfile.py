@@ -9,7 +9,8 @@ A batch file is YAML (read with ``yaml.safe_load``) with two top-level keys::
         mask_rects: ["0:250,250:518"]
         prompt: a hat
 
-Job keys (``JOB_KEYS``; relative paths resolve against the YAML file's directory):
+Job keys (``JOB_KEYS``; relative paths resolve against the YAML file's directory, except ``out`` when
+an output folder is given to :func:`load_batch`):
 
 ==========================  ===============================================  =========================
 key                         value                                            default
@@ -22,15 +23,17 @@ mask_rects                  list of ``"ROWS,COLS"`` strings (quote them)     ``[
 invert_mask                 boolean                                          false
 grow                        integer >= 0 (pixels)                            0
 feather                     integer >= 0 (pixels)                            0
-negative_prompt             string                                           ``""``
-seed                        integer 0 .. 2**32-1, or null (random)           null
+negative_prompt             string, or null (none)                           null
+seed                        integer 0 .. 2**32-1, or null (derived from the  null
+                            batch's base seed and the job's index)
 num_images                  integer 1 .. 64                                  1
 steps                       integer 1 .. 1000 (decoder steps)                100
 guidance_scale              number >= 0                                      4.0
-prior_steps                 integer 1 .. 1000                                25
+prior_steps                 integer 2 .. 1000                                25
 prior_guidance_scale        number >= 0                                      4.0
 height, width               multiple of 64, 64 .. 4096                       768
 out                         output image (.png)                              ``outputs/<image stem>.png``
+                                                                             (``<stem>.png`` in ``out_dir``)
 image_embeds,               ``.npy`` files replacing the prior (both or      none
 negative_image_embeds       neither), must exist
 ==========================  ===============================================  =========================
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -152,12 +156,12 @@ JOB_KEYS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
     "invert_mask": (_boolean, False),
     "grow": (_integer(0), 0),
     "feather": (_integer(0), 0),
-    "negative_prompt": (_string(nonempty=False), ""),
+    "negative_prompt": (_optional(_string(nonempty=False)), None),
     "seed": (_optional(_integer(0, SEED_MAX)), None),
     "num_images": (_integer(1, 64), 1),
     "steps": (_integer(1, 1000), 100),
     "guidance_scale": (_number(0.0), 4.0),
-    "prior_steps": (_integer(1, 1000), 25),
+    "prior_steps": (_integer(2, 1000), 25),
     "prior_guidance_scale": (_number(0.0), 4.0),
     "height": (_integer(64, 4096, multiple=64), 768),
     "width": (_integer(64, 4096, multiple=64), 768),
@@ -182,7 +186,7 @@ class Job:
     invert_mask: bool
     grow: int
     feather: int
-    negative_prompt: str
+    negative_prompt: Optional[str]
     seed: Optional[int]
     num_images: int
     steps: int
@@ -194,6 +198,8 @@ class Job:
     out: Path
     image_embeds: Optional[Path]
     negative_image_embeds: Optional[Path]
+    #: Why this job cannot run, when that is known before running it (folder mode: no mask for the image).
+    problem: Optional[str] = None
 
     @property
     def where(self) -> str:
@@ -245,7 +251,7 @@ def _resolve(base: Path, value: Optional[str]) -> Optional[Path]:
     return path if path.is_absolute() else base / path
 
 
-def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any]) -> Job:
+def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_dir: Optional[Path] = None) -> Job:
     where = f"{source}: jobs[{index}]"
     for key, (_, default) in JOB_KEYS.items():
         if default is REQUIRED and key not in values:
@@ -262,8 +268,11 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any]) -> J
         if fields[key] is not None and not fields[key].is_file():
             state = "not a file" if fields[key].exists() else "file not found"
             raise UserError(f"{where}.{key}: {state}: {fields[key]}")
-    out = fields["out"] if fields["out"] is not None else f"outputs/{fields['image'].stem}.png"
-    fields["out"] = _resolve(base, out)
+    if out_dir is None:
+        out = fields["out"] if fields["out"] is not None else f"outputs/{fields['image'].stem}.png"
+        fields["out"] = _resolve(base, out)
+    else:
+        fields["out"] = _resolve(out_dir, fields["out"] if fields["out"] is not None else f"{fields['image'].stem}.png")
     return Job(source=source, index=index, **fields)
 
 
@@ -300,11 +309,15 @@ def read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {problem}") from None
 
 
-def load_batch(path: PathLike) -> List[Job]:
+def load_batch(path: PathLike, out_dir: Optional[PathLike] = None) -> List[Job]:
     """Read and validate a batch file: the jobs with defaults filled in and paths resolved.
 
     Checks structure, keys, types, ranges, required keys, that input files exist and that outputs do not
     collide. It does not open images; :func:`check_job_inputs` does that.
+
+    Outputs: without ``out_dir`` a relative ``out`` is relative to the YAML file's directory and the
+    default is ``outputs/<image stem>.png`` there; with ``out_dir`` (``kandinsky batch --out-dir``) a
+    relative ``out`` is relative to ``out_dir`` and the default is ``<image stem>.png`` in it.
     """
     source = Path(path)
     data = read_yaml(source)
@@ -330,9 +343,13 @@ def load_batch(path: PathLike) -> List[Job]:
         if not isinstance(job, dict):
             raise UserError(f"{source}: jobs[{index}]: must be a mapping of job keys, got {_describe(job)}")
         values = {**defaults, **_check_keys(job, f"{source}: jobs[{index}]")}
-        result.append(_make_job(source, base, index, values))
+        result.append(_make_job(source, base, index, values, _absolute(out_dir)))
     _check_outputs(result)
     return result
+
+
+def _absolute(path: Optional[PathLike]) -> Optional[Path]:
+    return None if path is None else Path(os.path.abspath(Path(path).expanduser()))
 
 
 def check_job_inputs(job: Job) -> SizeHW:
@@ -342,6 +359,9 @@ def check_job_inputs(job: Job) -> SizeHW:
     """
     def fail(key: str, error: UserError) -> UserError:
         return UserError(f"{job.where}.{key}: {error}")
+
+    if job.problem is not None:
+        raise UserError(f"{job.where}: {job.problem}")
 
     try:
         image = load_image(job.image)
@@ -375,3 +395,102 @@ def check_job_inputs(job: Job) -> SizeHW:
                 raise UserError(f"{job.where}.{key}: {path} holds a {array.dtype} array of shape {array.shape}; "
                                 f"expected float embeddings of shape (dim,) or (n, dim)")
     return size
+
+
+# ------------------------------------------------------------------------------------------ folder mode
+
+#: Input images of folder mode, by extension (as Pillow reads them: PNG, JPEG, WebP).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: Mask files matched to images by stem in folder mode (``--masks DIR``).
+MASK_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
+#: The ``kandinsky batch`` option behind each job key in folder mode, for error messages.
+OPTION_NAMES = {
+    "prompt": "--prompt", "mask": "--mask", "mask_rects": "--mask-rect", "invert_mask": "--invert-mask",
+    "grow": "--grow", "feather": "--feather", "negative_prompt": "--negative-prompt", "seed": "--seed",
+    "num_images": "--num-images", "steps": "--steps", "guidance_scale": "--guidance",
+    "prior_steps": "--prior-steps", "prior_guidance_scale": "--prior-guidance", "height": "--height",
+    "width": "--width",
+}
+
+
+def _folder_files(folder: Path, suffixes: Tuple[str, ...], option: str) -> List[Path]:
+    """The files of ``folder`` (not below it) with one of ``suffixes`` (any case), sorted by name; hidden
+    files are ignored."""
+    if not folder.is_dir():
+        state = "not a folder" if folder.exists() else "folder not found"
+        raise UserError(f"{option}: {state}: {folder}")
+    return sorted((p for p in folder.iterdir()
+                   if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()),
+                  key=lambda p: p.name)
+
+
+def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
+                masks: Optional[PathLike] = None) -> List[Job]:
+    """Folder mode: one job per PNG/JPEG/WebP file of ``images`` (sorted by name), the same as a batch file.
+
+    ``values`` holds job keys from the command line (``None`` = the default), shared by every job; they are
+    checked like a batch file's and errors name the option (``--steps: must be ...``). The mask is
+    ``values['mask']`` and/or ``values['mask_rects']`` for every image, or with ``masks`` the file of that
+    folder with the image's stem (``cat.png`` -> ``masks/cat.png``, ``.jpg``, ``.jpeg``, ``.webp`` or
+    ``.npy``); rectangles, if given, are added to it. An image without a mask file (or with several) becomes a
+    job with a :attr:`Job.problem`: it fails when run, the others run. Output: ``out_dir/<image stem>.png``.
+    """
+    source = Path(images)
+    given = {key: value for key, value in values.items() if value is not None}
+    for key in given:
+        if key not in OPTION_NAMES:
+            raise ValueError(f"folder mode has no option for {key!r}")
+    checked = {}
+    for key, value in given.items():
+        try:
+            checked[key] = JOB_KEYS[key][0](value)
+        except _Invalid as e:
+            raise UserError(f"{OPTION_NAMES[key]}: {e}") from None
+    if "prompt" not in checked:
+        raise UserError("folder mode (--images) needs --prompt TEXT")
+    mask_dir = Path(masks) if masks is not None else None
+    if mask_dir is not None and checked.get("mask") is not None:
+        raise UserError("give --masks DIR (one mask per image) or --mask FILE (one mask for all), not both")
+    if mask_dir is None and checked.get("mask") is None and not checked.get("mask_rects"):
+        raise UserError("folder mode needs a mask: --masks DIR (matched by file name), --mask FILE or "
+                        "--mask-rect ROWS,COLS")
+    if checked.get("mask") is not None:
+        mask_file = Path(checked["mask"]).expanduser()
+        if not mask_file.is_file():
+            raise UserError(f"--mask: {'not a file' if mask_file.exists() else 'file not found'}: {mask_file}")
+        checked["mask"] = Path(os.path.abspath(mask_file))
+    files = _folder_files(source, IMAGE_SUFFIXES, "--images")
+    if not files:
+        raise UserError(f"--images: no PNG, JPEG or WebP image in {source}")
+    by_stem: Dict[str, List[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    for stem, same in by_stem.items():
+        if len(same) > 1:
+            raise UserError(f"--images: {' and '.join(p.name for p in same)} in {source} would write the same "
+                            f"output {stem}.png; rename one of them")
+    mask_files: Dict[str, List[Path]] = {}
+    if mask_dir is not None:
+        if mask_dir.resolve() == source.resolve():
+            raise UserError("--masks must be another folder than --images (masks are matched by file name)")
+        for path in _folder_files(mask_dir, MASK_SUFFIXES, "--masks"):
+            mask_files.setdefault(path.stem, []).append(path)
+    out_base = Path(os.path.abspath(Path(out_dir).expanduser()))
+    defaults = {key: default for key, (_, default) in JOB_KEYS.items() if default is not REQUIRED}
+    jobs = []
+    for index, image in enumerate(files):
+        fields = {**defaults, **checked, "image": Path(os.path.abspath(image)),
+                  "out": out_base / f"{image.stem}.png"}
+        problem = None
+        if mask_dir is not None:
+            found = mask_files.get(image.stem, [])
+            if len(found) == 1:
+                fields["mask"] = Path(os.path.abspath(found[0]))
+            elif not found:
+                names = [image.stem + suffix for suffix in MASK_SUFFIXES]
+                problem = f"no mask for {image.name} in {mask_dir} (expected {', '.join(names[:-1])} or {names[-1]})"
+            else:
+                problem = f"several masks for {image.name} in {mask_dir}: {', '.join(p.name for p in found)}"
+        jobs.append(Job(source=source, index=index, problem=problem, **fields))
+    _check_outputs(jobs)
+    return jobs

@@ -10,6 +10,7 @@ inside their function. The mask options are declared once (``MaskRectOption`` ..
 command taking a mask spells them the same way; :meth:`masks.MaskSpec.from_options` turns them into a
 mask specification.
 """
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -216,6 +217,9 @@ SeedOption = Annotated[Optional[int], typer.Option(
     "--seed", min=0, max=2**32 - 1, metavar="N", show_default=False,
     help="Noise seed (numpy default_rng; same result on CPU, GPU and Ascend). Default: random, reported.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+ModeOption = Annotated[str, typer.Option(
+    "--mode", metavar="graph|pynative",
+    help="graph: networks compiled once per shape (fast); pynative: eager execution, for debugging.")]
 
 
 class _StepProgress:
@@ -295,6 +299,7 @@ def prior_command(
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="File name stem.")] = "prior",
     dtype: DtypeOption = "float32",
     offline: OfflineOption = False,
+    mode: ModeOption = "graph",
     json_out: JsonOption = False,
 ) -> None:
     """Prompt -> CLIP image embeddings: writes NAME.image_embeds.npy, NAME.negative_image_embeds.npy, NAME.json.
@@ -309,7 +314,7 @@ def prior_command(
     request = PriorRequest(prompt, negative_prompt, steps, guidance, num_images,
                            seed if seed is not None else random_seed(), _parse_mix(mix or []))
     request.validate()
-    engine = Kandinsky(prior_model=model, dtype=dtype, offline=offline)
+    engine = Kandinsky(prior_model=model, dtype=dtype, offline=offline, mode=mode)
     with _StepProgress() as progress:
         emb, neg = engine.run_prior(request, progress)
     parameters = {"command": "prior", "prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
@@ -365,6 +370,7 @@ def inpaint_command(
     = True,
     save_grid: Annotated[bool, typer.Option("--save-grid", help="Also write PATH-grid.png: input | mask | outputs.")]
     = False,
+    mode: ModeOption = "graph",
     json_out: JsonOption = False,
 ) -> None:
     """Repaint the masked area of IMAGE from a prompt (runs the prior first unless embeddings are given).
@@ -382,7 +388,8 @@ def inpaint_command(
         out=out if out is not None else Path(f"{image.stem}-inpainted.png"), paste_back=paste_back,
         save_grid=save_grid)
     request.validate()
-    engine = Kandinsky(prior_model=prior_model, decoder_model=decoder_model, dtype=dtype, offline=offline)
+    engine = Kandinsky(prior_model=prior_model, decoder_model=decoder_model, dtype=dtype, offline=offline, mode=mode)
+    engine.release_prior_after_use = True   # one request: free the prior before the decoder loads
     with _StepProgress() as progress:
         result = engine.inpaint(request, progress)
     written = [str(p) for p in result.outputs] + ([str(result.grid)] if result.grid else [])
@@ -397,34 +404,288 @@ def inpaint_command(
 
 @app.command("batch")
 def batch_command(
-    jobs_file: Annotated[Path, typer.Argument(metavar="JOBS.yaml", show_default=False,
-                                              help="Batch file (see configs/batch-example.yaml).")],
-    check: Annotated[bool, typer.Option("--check", help="Validate the file and its inputs and print the plan; "
-                                                        "loads no model.")] = False,
+    jobs_file: Annotated[Optional[Path], typer.Argument(
+        metavar="JOBS.yaml", show_default=False,
+        help="Batch file (see configs/batch-example.yaml). Or folder mode: --images DIR instead.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out-dir", metavar="DIR", show_default=False,
+        help="Output folder (and manifest.jsonl). With a batch file: relative 'out' values and the default "
+             "<image stem>.png go into it; default: outputs/ next to the batch file. Required with --images.")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Run every job again; by default a job whose outputs all exist is skipped.")] = False,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", metavar="K/N|auto", show_default=False,
+        help="Run only the jobs with index % N == K (0 <= K < N). 'auto': K and N from msrun's environment "
+             "(RANK_ID/RANK_SIZE, device DEVICE_ID).")] = None,
+    base_seed: Annotated[int, typer.Option(
+        "--base-seed", min=0, max=2**32 - 1, metavar="N",
+        help="Jobs without a seed get one derived from N and the job's index (reproducible).")] = 0,
+    check: Annotated[bool, typer.Option("--check", help="Validate the jobs and their inputs and print the plan "
+                                                        "(with what would be skipped); loads no model.")] = False,
+    images: Annotated[Optional[Path], typer.Option(
+        "--images", metavar="DIR", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: one job per PNG/JPEG/WebP file of DIR (sorted by name), output "
+             "OUT-DIR/<stem>.png.")] = None,
+    masks: Annotated[Optional[Path], typer.Option(
+        "--masks", metavar="DIR", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: the mask of each image is the file of DIR with the image's stem (.png/.jpg/.jpeg/"
+             ".webp/.npy); an image without one fails, the others run.")] = None,
+    mask: Annotated[Optional[Path], typer.Option(
+        "--mask", metavar="FILE", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: one mask file for every image (resized to each image if needed).")] = None,
+    mask_rect: Annotated[Optional[List[str]], typer.Option(
+        "--mask-rect", metavar="ROWS,COLS", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: rectangle(s) to repaint on every image (see `kandinsky inpaint`); repeatable, "
+             "combined with --mask/--masks by union.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", metavar="TEXT", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: what to paint.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(
+        "--negative-prompt", metavar="TEXT", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: what to avoid.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", show_default=False,
+                                                 rich_help_panel="Folder mode", help="Decoder steps [100].")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", metavar="G", show_default=False,
+                                                      rich_help_panel="Folder mode", help="Decoder guidance [4.0].")]
+    = None,
+    prior_steps: Annotated[Optional[int], typer.Option("--prior-steps", metavar="N", show_default=False,
+                                                       rich_help_panel="Folder mode", help="Prior steps [25].")]
+    = None,
+    prior_guidance: Annotated[Optional[float], typer.Option(
+        "--prior-guidance", metavar="G", show_default=False, rich_help_panel="Folder mode",
+        help="Prior guidance [4.0].")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", metavar="H", show_default=False,
+                                                  rich_help_panel="Folder mode", help="Working height [768].")]
+    = None,
+    width: Annotated[Optional[int], typer.Option("--width", metavar="W", show_default=False,
+                                                 rich_help_panel="Folder mode", help="Working width [768].")] = None,
+    num_images: Annotated[Optional[int], typer.Option("--num-images", metavar="N", show_default=False,
+                                                      rich_help_panel="Folder mode", help="Images per input [1].")]
+    = None,
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", metavar="N", show_default=False, rich_help_panel="Folder mode",
+        help="Folder mode: the same seed for every image; default: derived from --base-seed and the index.")]
+    = None,
+    grow: Annotated[Optional[int], typer.Option("--grow", metavar="N", show_default=False,
+                                                rich_help_panel="Folder mode", help="Dilate the mask by N pixels.")]
+    = None,
+    feather: Annotated[Optional[int], typer.Option("--feather", metavar="N", show_default=False,
+                                                   rich_help_panel="Folder mode",
+                                                   help="Blend back over N pixels.")] = None,
+    invert_mask: Annotated[bool, typer.Option("--invert-mask", rich_help_panel="Folder mode",
+                                              help="Folder mode: flip the mask.")] = False,
+    dtype: DtypeOption = "float32",
+    prior_model: PriorModelOption = "kandinsky-community/kandinsky-2-1-prior",
+    decoder_model: DecoderModelOption = "kandinsky-community/kandinsky-2-1-inpaint",
+    offline: OfflineOption = False,
+    json_out: JsonOption = False,
 ) -> None:
-    """Validate a YAML batch of inpainting jobs (running batches comes with the model port).
+    """Run many inpainting jobs with the models loaded once: a YAML batch file, or a folder of images.
 
-    Example: kandinsky batch jobs.yaml --check
+    Resumable (jobs whose outputs exist are skipped), one failed job does not stop the others (exit code 1),
+    every output gets a line in OUT-DIR/manifest.jsonl. Spread over processes or hosts with --shard K/N or
+    `msrun ... $(which kandinsky) batch JOBS.yaml --shard auto`.
+
+    Examples: kandinsky batch jobs.yaml --check;  kandinsky batch jobs.yaml;
+    kandinsky batch --images photos --masks masks --prompt "a hat" --out-dir out
     """
-    if not check:
-        raise UserError("running batches is not implemented yet; use --check to validate a batch file")
-    from .batchfile import check_job_inputs, load_batch
+    from .batch import is_msrun_scheduler, parse_shard
 
-    jobs = load_batch(jobs_file)
-    sizes = [check_job_inputs(job) for job in jobs]
-    stdout.print(_plan_table(jobs_file, jobs, sizes))
-    images = sum(job.num_images for job in jobs)
-    stdout.print(f"[green]ok[/green]: {len(jobs)} job(s), {images} image(s) to generate; nothing was run.")
+    if shard is not None and shard.strip().lower() == "auto" and is_msrun_scheduler():
+        # msrun runs the command once more as its scheduler process: the workers do the jobs.
+        stderr.print("msrun scheduler process (MS_ROLE=MS_SCHED): the workers run the jobs; nothing to do here")
+        return
+    folder_values = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
+                     "guidance_scale": guidance, "prior_steps": prior_steps, "prior_guidance_scale": prior_guidance,
+                     "height": height, "width": width, "num_images": num_images, "seed": seed, "grow": grow,
+                     "feather": feather, "mask": str(mask) if mask is not None else None,
+                     "mask_rects": list(mask_rect) if mask_rect else None, "invert_mask": invert_mask or None}
+    given = [name for name, value in folder_values.items() if value is not None] + (["masks"] if masks else [])
+    if jobs_file is not None and images is not None:
+        raise UserError("give a batch file JOBS.yaml or --images DIR (folder mode), not both")
+    if jobs_file is None and images is None:
+        raise UserError("give a batch file (kandinsky batch JOBS.yaml) or a folder of images (--images DIR ...)")
+    shard_spec = parse_shard(shard)
+    if jobs_file is not None:
+        if given:
+            from .batchfile import OPTION_NAMES
+
+            names = ", ".join(OPTION_NAMES.get(name, "--" + name) for name in given)
+            raise UserError(f"{names}: job options are for folder mode (--images DIR); in a batch file give the "
+                            f"job keys under 'defaults:' or per job")
+        from .batchfile import load_batch
+
+        jobs = load_batch(jobs_file, out_dir=out_dir)
+        manifest_dir = out_dir if out_dir is not None else jobs_file.resolve().parent / "outputs"
+        title = str(jobs_file)
+    else:
+        if out_dir is None:
+            raise UserError("folder mode (--images) needs --out-dir DIR for the results")
+        from .batchfile import folder_jobs
+
+        jobs = folder_jobs(images, folder_values, out_dir, masks=masks)  # type: ignore[arg-type]
+        manifest_dir, title = out_dir, f"--images {images}"
+    from .batch import MANIFEST_NAME
+
+    manifest_path = Path(manifest_dir).absolute() / MANIFEST_NAME
+    mine = shard_spec.select(jobs)
+    if check:
+        _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite)
+        return
+    code = _run_batch(title, mine, len(jobs), shard_spec, manifest_path, base_seed, overwrite, json_out,
+                      engine_options={"prior_model": prior_model, "decoder_model": decoder_model, "dtype": dtype,
+                                      "offline": offline})
+    if code:
+        raise typer.Exit(code)
 
 
-def _plan_table(jobs_file: Path, jobs: List[Any], sizes: List[Any]) -> Table:
-    """The plan of a batch: one row per job (image, mask, prompt, outputs, settings)."""
+def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool) -> None:
+    """``batch --check``: open every input of this shard's jobs and print the plan; no model is loaded."""
+    from .batch import job_seed, outputs_exist
+    from .batchfile import check_job_inputs
+
+    sizes = [check_job_inputs(job) for job in mine]
+    plan = [(job, size, job_seed(job, base_seed), not overwrite and outputs_exist(job))
+            for job, size in zip(mine, sizes)]
+    part = f" (shard {shard.label}: {len(mine)} of {len(jobs)})" if shard.size > 1 else ""
+    stdout.print(_plan_table(title + part, plan))
+    skip = sum(1 for *_, skipped in plan if skipped)
+    images = sum(job.num_images for job, *_, skipped in plan if not skipped)
+    stdout.print(f"[green]ok[/green]: {len(mine)} job(s), {images} image(s) to generate"
+                 + (f", {skip} job(s) skipped (outputs exist)" if skip else "") + "; nothing was run.", soft_wrap=True)
+
+
+class _BatchProgress:
+    """Reporter of a batch run: Rich bars (jobs overall, steps of the current job) when stderr is a terminal,
+    else one plain line per finished job on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.total = 0
+        self.outputs = 0
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def __enter__(self) -> "_BatchProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def _info(self) -> str:
+        c = self.counts
+        return f"{self.outputs} output(s); {c['done']} done, {c['skipped']} skipped, {c['failed']} failed"
+
+    def start(self, jobs: List[Any]) -> None:
+        self.total = len(jobs)
+        self.total_outputs = sum(job.num_images for job in jobs)
+        if stderr.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                TimeRemainingColumn(), console=stderr, transient=False)
+            self.bar.start()
+            self.jobs_task = self.bar.add_task("jobs", total=self.total, info=self._info())
+            self.step_task = self.bar.add_task("", total=1, info="", visible=False)
+
+    def job_start(self, position: int, job: Any) -> None:
+        self.current = job
+        if self.bar is not None:
+            self.bar.update(self.step_task, description=f"jobs[{job.index}]", completed=0, total=1, info="",
+                            visible=True)
+
+    def step(self, stage: str, step: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.step_task, description=f"jobs[{self.current.index}] {stage}", completed=step,
+                            total=total, info="")
+
+    def job_end(self, position: int, outcome: Any) -> None:
+        self.counts[outcome.status] += 1
+        if outcome.status == "done":
+            self.outputs += len(outcome.outputs)
+        head = f"job {position}/{self.total} (jobs[{outcome.job.index}] {outcome.job.image.name})"
+        if outcome.status == "done":
+            line = f"{head} done: {', '.join(_show(p) for p in outcome.outputs)} ({outcome.seconds:.1f} s)"
+        elif outcome.status == "skipped":
+            line = f"{head} skipped: outputs exist ({', '.join(_show(p) for p in outcome.outputs)})"
+        else:
+            line = f"{head} failed: {outcome.reason}"
+        if self.bar is None:
+            stderr.print(escape(line))
+        else:
+            if outcome.status == "failed":
+                self.bar.console.print(f"[red]{escape(line)}[/red]")
+            self.bar.update(self.jobs_task, completed=position, info=self._info())
+            self.bar.update(self.step_task, visible=False)
+
+
+def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifest_path: Path, base_seed: int,
+               overwrite: bool, json_out: bool, engine_options: dict) -> int:
+    """Run this shard's jobs; print the summary (table, or JSON with --json). Returns the exit code: 0, 1 when
+    a job failed, 130 when interrupted."""
+    import time
+
+    from .batch import BatchRunner, Interrupts, Manifest, counts
+    from .core import Kandinsky
+
+    engine = Kandinsky(**engine_options)
+    started = time.perf_counter()
+    interrupted = False
+    with Interrupts() as interrupts, _BatchProgress() as progress:
+        runner = BatchRunner(engine, Manifest(manifest_path), shard, base_seed, overwrite, progress, interrupts)
+        try:
+            runner.run(mine)
+        except KeyboardInterrupt:
+            interrupted = True
+    outcomes = sorted(runner.outcomes, key=lambda o: o.job.index)
+    tally = counts(outcomes)
+    part = f" (shard {shard.label} of {total_jobs} jobs)" if shard.size > 1 else ""
+    if json_out:
+        _print_json({"batch": title, "manifest": str(manifest_path), "shard": shard.as_dict(),
+                     "base_seed": base_seed, "jobs": [o.as_dict() for o in outcomes],
+                     "counts": {**tally, "total": len(mine)}, "counters": dict(engine.counters),
+                     "interrupted": interrupted, "elapsed_s": round(time.perf_counter() - started, 3)})
+    console = stderr if json_out else stdout
+    if outcomes:
+        console.print(_summary_table(f"{escape(title)}{part}", outcomes))
+    console.print(f"{tally['done']} done, {tally['skipped']} skipped, {tally['failed']} failed of {len(mine)} "
+                  f"job(s); manifest: {escape(_show(manifest_path))}", soft_wrap=True)
+    if interrupted:
+        stderr.print(f"[red]interrupted[/red] after {len(outcomes)} of {len(mine)} jobs; rerun the same command "
+                     f"to finish (finished outputs are kept and skipped)")
+        return 130
+    if tally["failed"] and os.environ.get("MS_ROLE") == "MS_WORKER":
+        # msrun kills every other worker as soon as one exits non-zero: a failed job must not stop the others.
+        stderr.print(f"[yellow]warning:[/yellow] {tally['failed']} job(s) failed (see above and the manifest); this "
+                     f"msrun worker exits with code 0 so that msrun does not stop the other workers")
+        return 0
+    return 1 if tally["failed"] else 0
+
+
+def _summary_table(title: str, outcomes: List[Any]) -> Table:
+    table = Table(title=title)
+    for column in ("job", "image", "status", "outputs / reason", "seed", "time"):
+        table.add_column(column, overflow="fold")
+    colours = {"done": "green", "skipped": "dim", "failed": "red"}
+    for o in outcomes:
+        what = "\n".join(_show(p) for p in o.outputs) if o.status != "failed" else (o.reason or "")
+        seed = "-" if o.seed is None else f"{o.seed}" + (" (derived)" if o.seed_source == "derived" else "")
+        table.add_row(str(o.job.index), escape(_show(o.job.image)), f"[{colours[o.status]}]{o.status}[/]",
+                      escape(what), seed, f"{o.seconds:.1f} s" if o.status != "skipped" else "")
+    return table
+
+
+def _plan_table(title: str, plan: List[Any]) -> Table:
+    """The plan of a batch: one row per job (image, mask, prompt, outputs, settings, status)."""
     from .masks import format_size
 
-    table = Table(title=f"{escape(str(jobs_file))}: {len(jobs)} job(s)", show_lines=True)
+    table = Table(title=f"{escape(title)}: {len(plan)} job(s)", show_lines=True)
     for column in ("job", "image", "mask", "prompt", "outputs", "settings"):
         table.add_column(column, overflow="fold")
-    for job, size in zip(jobs, sizes):
+    for job, size, (seed, seed_source), skipped in plan:
         prompt = escape(job.prompt)
         if job.negative_prompt:
             prompt += f"\n[dim]negative: {escape(job.negative_prompt)}[/dim]"
@@ -432,12 +693,14 @@ def _plan_table(jobs_file: Path, jobs: List[Any], sizes: List[Any]) -> Table:
             + (["inverted"] if job.invert_mask else []) + ([f"grow {job.grow}"] if job.grow else []) \
             + ([f"feather {job.feather}"] if job.feather else [])
         settings = [f"{job.width}x{job.height}", f"{job.steps} steps, cfg {job.guidance_scale:g}",
-                    f"seed {job.seed}" if job.seed is not None else "random seed",
+                    f"seed {seed}" + (" (derived)" if seed_source == "derived" else ""),
                     f"prior {job.prior_steps} steps, cfg {job.prior_guidance_scale:g}" if job.uses_prior
                     else f"embeds {_show(job.image_embeds)}"]
+        outputs = escape("\n".join(_show(p) for p in job.outputs))
+        if skipped:
+            outputs += "\n[dim]skip: outputs exist[/dim]"
         table.add_row(str(job.index), f"{escape(_show(job.image))}\n[dim]{format_size(size)}[/dim]",
-                      escape("\n".join(mask)), prompt, escape("\n".join(_show(p) for p in job.outputs)),
-                      escape("\n".join(settings)))
+                      escape("\n".join(mask)), prompt, outputs, escape("\n".join(settings)))
     return table
 
 

@@ -119,9 +119,11 @@ def test_batch_check_example():
         assert text in result.stdout
 
 
-def test_batch_without_check_is_not_pretending():
-    result = invoke("batch", REPO / "configs" / "batch-example.yaml")
-    assert_user_error(result, "running batches is not implemented yet; use --check")
+def test_batch_needs_a_file_or_a_folder():
+    assert_user_error(invoke("batch"), "give a batch file")
+    assert_user_error(invoke("batch", REPO / "configs" / "batch-example.yaml", "--images", "."), "not both")
+    assert_user_error(invoke("batch", REPO / "configs" / "batch-example.yaml", "--steps", "3"),
+                      "--steps", "folder mode")
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -245,7 +247,7 @@ def test_help_is_fast_in_a_subprocess():
     (["mask", "--size", "64x64", "--mask-rect", "0:250", "--out", "m.png"], "'0:250'"),
     (["mask", "missing.png", "--mask-rect", "0:1,0:1", "--out", "m.png"], "missing.png"),
     (["grid", "--rows", "1", "--out", "g.png"], "IMAGES"),
-    (["batch", "x.yaml"], "use --check"),
+    (["batch", "x.yaml"], "batch file not found: x.yaml"),
 ])
 def test_subprocess_exit_code_and_single_line(tmp_path, args, fragment):
     result = _python("-m", "kandinsky_cli", *args, cwd=tmp_path)

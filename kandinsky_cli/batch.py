@@ -1,0 +1,427 @@
+"""Running a batch of inpainting jobs: one engine per process, resumable, shardable, with a JSONL manifest.
+
+The jobs come from a batch file (:func:`batchfile.load_batch`) or a folder (:func:`batchfile.folder_jobs`);
+both give :class:`batchfile.Job` objects and run through :class:`BatchRunner`:
+
+* a shard keeps the jobs with ``index % size == rank`` (:class:`Shard`; ``--shard K/N`` or ``--shard auto``
+  from msrun's environment), so the split does not depend on which shards already ran;
+* the jobs run sorted (stably) by working size, so that the compiled graphs of one size are reused;
+* a job whose outputs all exist is skipped (unless ``overwrite``); the models are loaded once, only when
+  some job is left to run;
+* a job without a seed gets :func:`derive_seed` ``(base_seed, index)``, so a rerun reproduces it;
+* each job is one :meth:`core.Kandinsky.inpaint` call (the same pixels as ``kandinsky inpaint`` with the
+  same seed); the engine computes the prior once per distinct prompt/negative prompt/steps/guidance/number
+  of images/seed;
+* a job that fails (unreadable image, bad mask, any error) is recorded with its reason and the batch goes
+  on;
+* every written output gets one line in ``manifest.jsonl`` (:class:`Manifest`), a failed job one line
+  with ``"status": "failed"``; skipped jobs add nothing.
+
+Nothing here prints: the caller passes a :class:`Reporter`.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import os
+import re
+import signal
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from .batchfile import JOB_KEYS, Job, check_job_inputs
+from .errors import UserError
+from .files import to_json
+
+MANIFEST_NAME = "manifest.jsonl"
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+#: Environment variables read by ``--shard auto``, in order of preference (msrun sets all of them on a
+#: worker: RANK_ID/RANK_SIZE for rank-table compatibility, MS_NODE_ID/MS_WORKER_NUM for its own cluster).
+RANK_VARIABLES = ("RANK_ID", "MS_NODE_ID")
+SIZE_VARIABLES = ("RANK_SIZE", "MS_WORKER_NUM")
+DEVICE_VARIABLE = "DEVICE_ID"
+
+
+# ------------------------------------------------------------------------------------------ seeds and order
+
+def derive_seed(base_seed: int, index: int) -> int:
+    """The seed of job ``index`` when the job gives none: deterministic, independent of sharding."""
+    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0])
+
+
+def job_seed(job: Job, base_seed: int) -> tuple:
+    """``(seed, "job" | "derived")``."""
+    return (job.seed, "job") if job.seed is not None else (derive_seed(base_seed, job.index), "derived")
+
+
+def run_order(jobs: Sequence[Job]) -> List[Job]:
+    """The jobs sorted stably by working size (height, width): jobs of one size run one after another."""
+    return sorted(jobs, key=lambda job: (job.height, job.width))
+
+
+def outputs_exist(job: Job) -> bool:
+    return all(path.is_file() for path in job.outputs)
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the batch: the jobs with ``index % size == rank``."""
+
+    rank: int = 0
+    size: int = 1
+    source: str = "all"          # "all", "--shard" or the environment variables it came from
+    device_id: Optional[int] = None
+
+    def owns(self, job: Job) -> bool:
+        return job.index % self.size == self.rank
+
+    def select(self, jobs: Iterable[Job]) -> List[Job]:
+        return [job for job in jobs if self.owns(job)]
+
+    @property
+    def label(self) -> str:
+        return f"{self.rank}/{self.size}"
+
+    def as_dict(self) -> dict:
+        return {"rank": self.rank, "size": self.size, "source": self.source, "device_id": self.device_id}
+
+
+def is_msrun_scheduler(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True in the scheduler process that msrun starts beside the workers (it runs the same command)."""
+    return (os.environ if environ is None else environ).get("MS_ROLE") == "MS_SCHED"
+
+
+def parse_shard(text: Optional[str], environ: Optional[Mapping[str, str]] = None) -> Shard:
+    """``None`` (everything), ``'K/N'`` with 0 <= K < N, or ``'auto'`` (:func:`shard_from_env`)."""
+    if text is None:
+        return Shard()
+    if text.strip().lower() == "auto":
+        return shard_from_env(os.environ if environ is None else environ)
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise UserError(f"bad --shard {text!r}: expected K/N with 0 <= K < N (e.g. 0/4), or auto")
+    rank, size = int(m.group(1)), int(m.group(2))
+    if size < 1 or rank >= size:
+        raise UserError(f"bad --shard {text!r}: K must be from 0 to N-1 and N at least 1 (e.g. 0/{max(size, 2)})")
+    return Shard(rank, size, "--shard")
+
+
+def _env_int(environ: Mapping[str, str], names: Sequence[str]) -> Optional[tuple]:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value), name
+            except ValueError:
+                raise UserError(f"--shard auto: {name}={value!r} is not an integer") from None
+    return None
+
+
+def shard_from_env(environ: Mapping[str, str]) -> Shard:
+    """The shard of an msrun worker: rank from RANK_ID (else MS_NODE_ID), size from RANK_SIZE (else
+    MS_WORKER_NUM), device from DEVICE_ID."""
+    rank, size = _env_int(environ, RANK_VARIABLES), _env_int(environ, SIZE_VARIABLES)
+    if rank is None or size is None:
+        if environ.get("MS_ROLE") == "MS_WORKER":
+            raise UserError("--shard auto: msrun started this worker without a rank (no RANK_ID): on several "
+                            "hosts give msrun --node_rank (0 on the master host, 1, 2, ... on the others)")
+        missing = " or ".join(RANK_VARIABLES) if rank is None else " or ".join(SIZE_VARIABLES)
+        raise UserError(f"--shard auto: {missing} is not set; start the command with msrun (see README: "
+                        f"batch) or give --shard K/N")
+    (k, k_name), (n, n_name) = rank, size
+    if n < 1 or not 0 <= k < n:
+        raise UserError(f"--shard auto: {k_name}={k} and {n_name}={n} do not make a shard (need 0 <= rank < size)")
+    device = _env_int(environ, (DEVICE_VARIABLE,))
+    return Shard(k, n, f"{k_name}/{n_name}", device[0] if device else None)
+
+
+def use_device(device_id: Optional[int]) -> Optional[str]:
+    """Put this process on device ``device_id`` of the default MindSpore target (GPU/Ascend); on CPU there
+    is nothing to choose. Returns the target."""
+    import mindspore as ms
+
+    target = ms.get_context("device_target")
+    if device_id is not None and target != "CPU":
+        ms.set_device(target, device_id)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+class Manifest:
+    """``manifest.jsonl``: JSON lines appended safely by any number of processes.
+
+    Each :meth:`append` is one ``os.write`` of whole lines on a file opened with ``O_APPEND``, under an
+    exclusive ``flock``, followed by ``fsync``: lines from several workers never interleave and a crash
+    never leaves half a line behind a complete one (if an earlier crash left an unterminated line, the next
+    append starts on a new line).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, records: Sequence[dict]) -> None:
+        if not records:
+            return
+        data = "".join(to_json(r) + "\n" for r in records).encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data
+                written = os.write(fd, data)
+                while written < len(data):   # a short write to a regular file: only when the disk is full
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)   # also releases the lock
+        except OSError as e:
+            raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
+
+
+def read_manifest(path: Path) -> List[dict]:
+    """The records of a manifest (lines that are not complete JSON, e.g. after a power cut, are skipped)."""
+    import json
+
+    records = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return records
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+# ------------------------------------------------------------------------------------------ signals
+
+class Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM raise :class:`KeyboardInterrupt`, except while :meth:`defer` is on:
+    then the signal is remembered and raised by :meth:`resume`. The runner defers from the last decoder
+    step until the job's outputs and manifest lines are written, so an interrupt never leaves outputs
+    without their manifest lines."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Interrupts":
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:   # not the main thread: leave the signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.deferring:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def defer(self) -> None:
+        self.deferring = True
+
+    def resume(self) -> None:
+        self.deferring = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+# ------------------------------------------------------------------------------------------ running
+
+@dataclass
+class JobOutcome:
+    job: Job
+    status: str                          # done, skipped or failed
+    seed: Optional[int] = None
+    seed_source: Optional[str] = None    # "job" (given) or "derived" (from the base seed)
+    outputs: List[Path] = field(default_factory=list)
+    reason: Optional[str] = None
+    seconds: float = 0.0
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"index": self.job.index, "image": str(self.job.image), "status": self.status, "seed": self.seed,
+                "seed_source": self.seed_source, "outputs": [str(p) for p in self.outputs], "reason": self.reason,
+                "seconds": round(self.seconds, 3)}
+
+
+class Reporter:
+    """What the runner tells its caller; every method may be left as is (silent)."""
+
+    def start(self, jobs: Sequence[Job]) -> None:
+        """The jobs of this run, in run order."""
+
+    def job_start(self, position: int, job: Job) -> None:
+        """Job ``position`` (1-based, in run order) begins."""
+
+    def step(self, stage: str, step: int, total: int) -> None:
+        """Progress inside a job: stage "prior" or "decoder"."""
+
+    def job_end(self, position: int, outcome: JobOutcome) -> None:
+        """The job is done, skipped or failed."""
+
+
+def job_request(job: Job, seed: int):
+    """The :class:`core.InpaintRequest` of a job: what ``kandinsky inpaint`` would build from its options."""
+    from .core import InpaintRequest
+
+    return InpaintRequest(
+        image=job.image, mask=job.mask_spec(), prompt=job.prompt, negative_prompt=job.negative_prompt,
+        image_embeds=job.image_embeds, negative_image_embeds=job.negative_image_embeds, steps=job.steps,
+        guidance_scale=job.guidance_scale, prior_steps=job.prior_steps, prior_guidance_scale=job.prior_guidance_scale,
+        height=job.height, width=job.width, num_images=job.num_images, seed=seed, out=job.out, paste_back=True,
+        save_grid=False)
+
+
+def job_parameters(job: Job) -> dict:
+    """A job's keys as JSON-able values (for the manifest line of a job that failed)."""
+    values = {key: getattr(job, key) for key in JOB_KEYS}
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+
+
+def _short_reason(job: Job, error: BaseException) -> str:
+    """The error without the ``'jobs.yaml: jobs[3]'`` prefix (the summary shows the job already)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, UserError):
+        text = f"{type(error).__name__}: {text}"
+    for prefix in (f"{job.where}.", f"{job.where}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class BatchRunner:
+    """Runs jobs on one engine; ``outcomes`` holds every finished job, also after an interrupt."""
+
+    def __init__(self, engine, manifest: Manifest, shard: Shard = Shard(), base_seed: int = 0,
+                 overwrite: bool = False, reporter: Optional[Reporter] = None,
+                 interrupts: Optional[Interrupts] = None):
+        self.engine, self.manifest, self.shard = engine, manifest, shard
+        self.base_seed, self.overwrite = base_seed, overwrite
+        self.reporter = reporter or Reporter()
+        self.interrupts = interrupts or Interrupts()
+        self.outcomes: List[JobOutcome] = []
+        self.device_target: Optional[str] = None
+        self._prior_checked = False
+
+    def will_skip(self, job: Job) -> bool:
+        return not self.overwrite and job.problem is None and outputs_exist(job)
+
+    def ensure_models(self, job: Job) -> None:
+        """Choose the device and load the models this job needs, on first need only (a rerun that skips
+        everything loads nothing). A model that cannot be loaded is an error of the whole batch, not of
+        every job: its UserError ends the run (exit code 2)."""
+        if self.device_target is None:
+            self.device_target = use_device(self.shard.device_id)
+        decoder = self.engine.decoder
+        if job.uses_prior and not self._prior_checked:
+            prior = self.engine.prior
+            if prior.embedding_dim != decoder.image_embed_dim:
+                raise UserError(f"the prior {self.engine.prior_model} makes {prior.embedding_dim}-wide embeddings "
+                                f"but the decoder {self.engine.decoder_model} expects {decoder.image_embed_dim}: "
+                                f"the checkpoints do not match")
+            self._prior_checked = True
+
+    def run(self, jobs: Sequence[Job]) -> List[JobOutcome]:
+        """Run ``jobs`` (already selected for this shard) in :func:`run_order`."""
+        ordered = run_order(jobs)
+        self.reporter.start(ordered)
+        for position, job in enumerate(ordered, 1):
+            self.reporter.job_start(position, job)
+            outcome = self.run_job(job)
+            self.outcomes.append(outcome)
+            self.reporter.job_end(position, outcome)
+        return self.outcomes
+
+    def run_job(self, job: Job) -> JobOutcome:
+        seed, seed_source = job_seed(job, self.base_seed)
+        if self.will_skip(job):
+            return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), "outputs exist")
+
+        def step(stage: str, i: int, n: int) -> None:
+            self.reporter.step(stage, i, n)
+            if stage == "decoder" and i >= n:
+                self.interrupts.defer()   # from here the outputs are being made and written
+
+        def failed(error: Exception) -> JobOutcome:
+            outcome = JobOutcome(job, FAILED, seed, seed_source, [], _short_reason(job, error),
+                                 time.perf_counter() - t0)
+            self.manifest.append([self._record(outcome, started, job_parameters(job))])
+            return outcome
+
+        started, t0 = _now(), time.perf_counter()
+        try:
+            try:
+                with warnings.catch_warnings():   # engine.inpaint warns about a resized mask itself
+                    warnings.simplefilter("ignore")
+                    check_job_inputs(job)
+            except Exception as e:   # the job fails, the batch goes on (KeyboardInterrupt is not caught)
+                return failed(e)
+            t_load = time.perf_counter()
+            self.ensure_models(job)
+            load_s = time.perf_counter() - t_load
+            try:
+                result = self.engine.inpaint(job_request(job, seed), step)
+            except Exception as e:
+                return failed(e)
+            timings = {**result.timings, **({"load_s": load_s} if load_s >= 0.01 else {}),
+                       "job_s": time.perf_counter() - t0}
+            outcome = JobOutcome(job, DONE, seed, seed_source, list(result.outputs), None, timings["job_s"], timings)
+            self.manifest.append([self._record(outcome, started, result.parameters, path, k)
+                                  for k, path in enumerate(result.outputs, 1)])
+            return outcome
+        finally:
+            self.interrupts.resume()
+
+    def _record(self, outcome: JobOutcome, started: str, parameters: dict, output: Optional[Path] = None,
+                output_index: Optional[int] = None) -> dict:
+        job = outcome.job
+        return {
+            "status": outcome.status, "job": job.index, "source": str(Path(job.source).absolute()),
+            "image": str(job.image),
+            "mask": str(job.mask) if job.mask is not None else None, "mask_rects": list(job.mask_rects),
+            "output": str(output) if output is not None else None, "output_index": output_index,
+            "outputs": len(job.outputs), "seed": outcome.seed, "seed_source": outcome.seed_source,
+            "base_seed": self.base_seed, "reason": outcome.reason, "parameters": parameters,
+            "timings": {k: round(v, 4) for k, v in outcome.timings.items()} or {"job_s": round(outcome.seconds, 4)},
+            "shard": {"rank": self.shard.rank, "size": self.shard.size}, "host": socket.gethostname(),
+            "pid": os.getpid(), "started": started, "finished": _now(), "version": __version__,
+        }
+
+
+def counts(outcomes: Iterable[JobOutcome]) -> Dict[str, int]:
+    result = {DONE: 0, SKIPPED: 0, FAILED: 0}
+    for outcome in outcomes:
+        result[outcome.status] += 1
+    return result

@@ -344,18 +344,19 @@ class BatchRunner:
         every job: its UserError ends the run (exit code 2)."""
         if self.device_target is None:
             self.device_target = use_device(self.shard.device_id)
-        decoder = self.engine.decoder
         if job.uses_prior and not self._prior_checked:
-            prior = self.engine.prior
-            if prior.embedding_dim != decoder.image_embed_dim:
-                raise UserError(f"the prior {self.engine.prior_model} makes {prior.embedding_dim}-wide embeddings "
-                                f"but the decoder {self.engine.decoder_model} expects {decoder.image_embed_dim}: "
+            width_p, width_d = self.engine.embedding_widths()
+            if width_p != width_d:
+                raise UserError(f"the prior {self.engine.prior_model} makes {width_p}-wide embeddings "
+                                f"but the decoder {self.engine.decoder_model} expects {width_d}: "
                                 f"the checkpoints do not match")
             self._prior_checked = True
+        self.engine.decoder
 
     def run(self, jobs: Sequence[Job]) -> List[JobOutcome]:
         """Run ``jobs`` (already selected for this shard) in :func:`run_order`."""
         ordered = run_order(jobs)
+        self.prepare_embeddings(ordered)
         self.reporter.start(ordered)
         for position, job in enumerate(ordered, 1):
             self.reporter.job_start(position, job)
@@ -363,6 +364,37 @@ class BatchRunner:
             self.outcomes.append(outcome)
             self.reporter.job_end(position, outcome)
         return self.outcomes
+
+    def prepare_embeddings(self, jobs: Sequence[Job]) -> None:
+        """Run the prior first for every pending job that needs it (once per distinct request, cached by the
+        engine), then free the prior, so that the prior and the decoder are never in memory together."""
+        from .core import PriorRequest
+
+        def inputs_ok(job: Job) -> bool:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    check_job_inputs(job)
+                return True
+            except Exception:   # the job fails with this reason when it runs
+                return False
+
+        pending = [job for job in jobs
+                   if job.uses_prior and job.problem is None and not self.will_skip(job) and inputs_ok(job)]
+        if not pending:
+            return
+        if self.device_target is None:
+            self.device_target = use_device(self.shard.device_id)
+        for job in pending:
+            seed, _ = job_seed(job, self.base_seed)
+            try:
+                self.engine.run_prior(PriorRequest(job.prompt, job.negative_prompt, job.prior_steps,
+                                                   job.prior_guidance_scale, job.num_images, seed))
+            except UserError:
+                raise   # the prior model cannot be loaded: an error of the whole batch
+            except Exception:
+                pass    # this job will fail with its own reason when it runs
+        self.engine.unload_prior()
 
     def run_job(self, job: Job) -> JobOutcome:
         seed, seed_source = job_seed(job, self.base_seed)

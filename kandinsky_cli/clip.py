@@ -7,8 +7,7 @@ the component's ``config.json``; keys missing there take transformers' class def
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+
 
 import mindspore as ms
 import numpy as np
@@ -169,11 +168,7 @@ class CLIPTextModelWithProjection(nn.Cell):
 
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None) -> "CLIPTextModelWithProjection":
-        component_dir = Path(component_dir)
-        cell = cls(model_io.read_config(component_dir))
-        model_io.load_weights(cell, component_dir, model_io.TRANSFORMERS_WEIGHTS, dtype)
-        cell.set_train(False)
-        return cell
+        return model_io.build_and_load(cls, component_dir, model_io.TRANSFORMERS_WEIGHTS, dtype)
 
 
 class CLIPVisionEmbeddings(nn.Cell):
@@ -225,8 +220,4 @@ class CLIPVisionModelWithProjection(nn.Cell):
 
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None) -> "CLIPVisionModelWithProjection":
-        component_dir = Path(component_dir)
-        cell = cls(model_io.read_config(component_dir))
-        model_io.load_weights(cell, component_dir, model_io.TRANSFORMERS_WEIGHTS, dtype)
-        cell.set_train(False)
-        return cell
+        return model_io.build_and_load(cls, component_dir, model_io.TRANSFORMERS_WEIGHTS, dtype)

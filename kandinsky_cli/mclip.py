@@ -15,7 +15,6 @@ Parameter names are the checkpoint's (``transformer.*`` = transformers' XLMRober
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
@@ -23,7 +22,7 @@ from mindspore import nn, ops
 
 from .errors import UserError
 from .layers import ACTIVATIONS, Embedding, LayerNorm, Linear, activation, attention
-from .model_io import TRANSFORMERS_WEIGHTS, load_weights, read_config
+from .model_io import TRANSFORMERS_WEIGHTS, build_and_load
 
 FLOAT32_MIN = -3.4028234663852886e38
 FLOAT16_MIN = -65504.0
@@ -214,8 +213,5 @@ class MultilingualCLIP(nn.Cell):
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None, variant: Optional[str] = None) -> "MultilingualCLIP":
         """Build from ``component_dir/config.json`` and load ``model.safetensors`` (strict); eval mode."""
-        component_dir = Path(component_dir)
-        model = cls(MCLIPConfig.from_dict(read_config(component_dir)))
-        load_weights(model, component_dir, TRANSFORMERS_WEIGHTS, dtype=dtype, variant=variant)
-        model.set_train(False)
-        return model
+        return build_and_load(lambda config: cls(MCLIPConfig.from_dict(config)), component_dir,
+                              TRANSFORMERS_WEIGHTS, dtype, variant)

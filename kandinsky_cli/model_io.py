@@ -151,6 +151,17 @@ def _rename_legacy(key: str) -> str:
     return key
 
 
+def build_and_load(build: Callable[[dict], "object"], component_dir: Path, base: str, dtype=None,
+                   variant: Optional[str] = None):
+    """``build(config.json)``, strictly load its weights, switch it to inference mode: every network's
+    ``from_pretrained``."""
+    component_dir = Path(component_dir)
+    cell = build(read_config(component_dir))
+    load_weights(cell, component_dir, base, dtype, variant)
+    cell.set_train(False)
+    return cell
+
+
 def load_weights(cell, component_dir: Path, base: str, dtype=None, variant: Optional[str] = None,
                  ignore: Iterable = KNOWN_IGNORED, rename: Optional[Callable[[str], str]] = _rename_legacy):
     """Strictly load a component's safetensors into ``cell``: every parameter exactly once, same shapes.

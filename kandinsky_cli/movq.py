@@ -11,7 +11,6 @@ Everything is built from the component's ``config.json`` (keys missing there tak
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Optional, Sequence
 
 import mindspore as ms
@@ -19,7 +18,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from .layers import Conv2d, Embedding, GroupNorm, Linear, ResnetBlock2D, SpatialNorm, attention, upsample_nearest2x
-from .model_io import DIFFUSERS_WEIGHTS, load_weights, read_config
+from .model_io import DIFFUSERS_WEIGHTS, build_and_load
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCK_TYPES = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
@@ -310,11 +309,7 @@ class VQModel(nn.Cell):
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None) -> "VQModel":
         """Build from ``component_dir/config.json`` and strictly load ``diffusion_pytorch_model.safetensors``."""
-        component_dir = Path(component_dir)
-        model = cls.from_config(read_config(component_dir))
-        load_weights(model, component_dir, DIFFUSERS_WEIGHTS, dtype)
-        model.set_train(False)
-        return model
+        return build_and_load(cls.from_config, component_dir, DIFFUSERS_WEIGHTS, dtype)
 
     @property
     def scale_factor(self) -> int:

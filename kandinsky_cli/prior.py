@@ -9,9 +9,7 @@ The sinusoidal timestep projection is computed on the host (``layers.timestep_em
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
@@ -204,8 +202,4 @@ class PriorTransformer(nn.Cell):
 
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None) -> "PriorTransformer":
-        component_dir = Path(component_dir)
-        cell = cls(model_io.read_config(component_dir))
-        model_io.load_weights(cell, component_dir, model_io.DIFFUSERS_WEIGHTS, dtype)
-        cell.set_train(False)
-        return cell
+        return model_io.build_and_load(cls, component_dir, model_io.DIFFUSERS_WEIGHTS, dtype)

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import model_io
-from .noise import Noise, as_noise
+from .noise import as_noise
 
 StepCallback = Optional[Callable[[int, int], None]]
 

@@ -11,7 +11,6 @@ The sinusoidal timestep embedding is computed on the host (``layers.timestep_emb
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -20,7 +19,7 @@ from mindspore import Tensor, nn, ops
 from . import layers
 from .errors import UserError
 from .layers import Conv2d, GroupNorm, LayerNorm, Linear, ResnetBlock2D
-from .model_io import DIFFUSERS_WEIGHTS, load_weights, read_config
+from .model_io import DIFFUSERS_WEIGHTS, build_and_load
 
 
 class UNetConfigError(UserError, ValueError):
@@ -546,11 +545,7 @@ class UNet2DConditionModel(nn.Cell):
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None) -> "UNet2DConditionModel":
         """Build from ``component_dir/config.json``, load ``diffusion_pytorch_model`` safetensors, eval mode."""
-        component_dir = Path(component_dir)
-        model = cls(read_config(component_dir))
-        load_weights(model, component_dir, DIFFUSERS_WEIGHTS, dtype)
-        model.set_train(False)
-        return model
+        return build_and_load(cls, component_dir, DIFFUSERS_WEIGHTS, dtype)
 
 
 def count_parameters(cell: nn.Cell) -> int:

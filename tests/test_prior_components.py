@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor

@@ -78,6 +78,11 @@ class _Group(TyperGroup):
                 _fail(e.format_message(), e.exit_code)
             except typer.Abort:
                 _fail("aborted", 130)
+            except (MemoryError, RuntimeError) as e:
+                if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+                    raise
+                _fail("out of memory: the model does not fit at this size; try a smaller --height/--width, "
+                      "--dtype float16, or fewer --num-images", 1)
         code = rv if isinstance(rv, int) else 0
         if standalone_mode:
             sys.exit(code)

@@ -68,6 +68,11 @@ def erode_keep_mask(mask: np.ndarray) -> np.ndarray:
     return np.where(hit, np.zeros_like(mask), mask)
 
 
+# Above this many output pixels the MoVQ runs eagerly: a compiled graph on CPU keeps every intermediate
+# alive, which for the real decoder at 768x768 peaks at 11.6 GB against 4.4 GB eager, at about the same speed.
+MOVQ_GRAPH_MAX_PIXELS = 512 * 512
+
+
 class InpaintPipeline:
     """M-CLIP text encoder + 9-channel UNet + MoVQ + DDIM, loaded once from a pipeline folder."""
 
@@ -96,8 +101,8 @@ class InpaintPipeline:
         self.mode = mode
         self._text_fn = compiled(self.text_encoder, mode)
         self._unet_fn = compiled(self.unet, mode)
-        self._encode_fn = compiled(self.movq.encode_latents, mode)
-        self._decode_fn = compiled(self.movq.decode_latents, mode)
+        self._encode_graph = compiled(self.movq.encode_latents, mode)
+        self._decode_graph = compiled(self.movq.decode_latents, mode)
 
     @classmethod
     def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False,
@@ -155,7 +160,8 @@ class InpaintPipeline:
 
         mask = preprocess_mask(mask_image, height, width)
         pixels = preprocess_image(image, height, width)
-        image_latents = self._encode_fn(self._tensor(pixels)).asnumpy().astype(np.float32)
+        encode = self._encode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.encode_latents
+        image_latents = encode(self._tensor(pixels)).asnumpy().astype(np.float32)
         mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
         masked = image_latents * mask
         # one image for the whole batch (diffusers: repeat_interleave(num_images_per_prompt) of one image)
@@ -193,7 +199,8 @@ class InpaintPipeline:
                 debug["step_latents_out"].append(latents)
             if callback is not None:
                 callback(i + 1, len(timesteps))
-        decoded = self._decode_fn(self._tensor(latents)).asnumpy().astype(np.float32)
+        decode = self._decode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.decode_latents
+        decoded = decode(self._tensor(latents)).asnumpy().astype(np.float32)
         if debug is not None:
             debug["movq_decoded_preclamp"] = decoded
             debug["step_eps_guided"] = np.stack(debug["step_eps_guided"])

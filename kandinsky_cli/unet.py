@@ -196,6 +196,15 @@ def _resnet(cin, cout, temb, groups, eps, scale_shift, up=False, down=False):
                          up=up, down=down)
 
 
+def _attentions(num_layers, channels, head_dim, cross_dim, groups, only_cross, cross_norm) -> nn.CellList:
+    """One added-KV attention per resnet of a SimpleCrossAttn block (heads = channels // head_dim)."""
+    heads = channels // head_dim
+    if heads < 1:
+        raise UNetConfigError(f"unet config: {channels} channels < attention_head_dim {head_dim}")
+    return nn.CellList([AddedKVAttention(channels, heads, head_dim, cross_dim, groups, only_cross, cross_norm)
+                        for _ in range(num_layers)])
+
+
 class DownBlock(nn.Cell):
     """ResnetDownsampleBlock2D (``with_attention`` False) / SimpleCrossAttnDownBlock2D (True).
 
@@ -212,11 +221,7 @@ class DownBlock(nn.Cell):
         self.resnets = nn.CellList([_resnet(cin if i == 0 else cout, cout, temb, groups, eps, scale_shift)
                                     for i in range(num_layers)])
         if with_attention:
-            heads = cout // head_dim
-            if heads < 1:
-                raise UNetConfigError(f"unet config: {cout} channels < attention_head_dim {head_dim}")
-            self.attentions = nn.CellList([AddedKVAttention(cout, heads, head_dim, cross_dim, groups, only_cross,
-                                                            cross_norm) for _ in range(num_layers)])
+            self.attentions = _attentions(num_layers, cout, head_dim, cross_dim, groups, only_cross, cross_norm)
         self.add_downsample = add_downsample
         if add_downsample:
             self.downsamplers = nn.CellList([_resnet(cout, cout, temb, groups, eps, scale_shift, down=True)])
@@ -255,11 +260,7 @@ class UpBlock(nn.Cell):
             resnets.append(_resnet(res_in + skip_ch, cout, temb, groups, eps, scale_shift))
         self.resnets = nn.CellList(resnets)
         if with_attention:
-            heads = cout // head_dim
-            if heads < 1:
-                raise UNetConfigError(f"unet config: {cout} channels < attention_head_dim {head_dim}")
-            self.attentions = nn.CellList([AddedKVAttention(cout, heads, head_dim, cross_dim, groups, only_cross,
-                                                            cross_norm) for _ in range(num_layers)])
+            self.attentions = _attentions(num_layers, cout, head_dim, cross_dim, groups, only_cross, cross_norm)
         self.add_upsample = add_upsample
         if add_upsample:
             self.upsamplers = nn.CellList([_resnet(cout, cout, temb, groups, eps, scale_shift, up=True)])

@@ -637,6 +637,7 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
     from .core import Kandinsky
 
     engine = Kandinsky(**engine_options)
+    engine.release_prior_after_use = True   # the runner makes every embedding first, then frees the prior
     started = time.perf_counter()
     interrupted = False
     with Interrupts() as interrupts, _BatchProgress() as progress:

@@ -111,17 +111,21 @@ def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph"
     return out
 
 
-def prior_pipeline_outputs(fixture: Path, pipe=None, mode: str = "graph") -> Arrays:
+def prior_pipeline_outputs(fixture: Path, pipe=None, mode: str = "graph", debug: Arrays = None) -> Arrays:
     from .noise import Noise
     from .prior_pipeline import PriorPipeline
 
     pipe = pipe or PriorPipeline(Path(fixture) / "prior", mode=mode)
     out = {}
     for i, case in enumerate(load_cases(fixture)["prior_cases"]):
+        trace = {} if debug is not None else None
         emb, neg = pipe(case["prompt"], negative_prompt=case.get("negative_prompt"),
                         num_images_per_prompt=case.get("num_images_per_prompt", 1),
                         num_inference_steps=case.get("num_inference_steps", 25),
-                        guidance_scale=case.get("guidance_scale", 4.0), noise=Noise(case["noise_seed"]))
+                        guidance_scale=case.get("guidance_scale", 4.0), noise=Noise(case["noise_seed"]),
+                        debug=trace)
+        if debug is not None:
+            debug.update({f"prior_case{i}/{k}": np.asarray(v) for k, v in trace.items()})
         out[f"case{i}/image_embeds"] = emb
         out[f"case{i}/negative_image_embeds"] = neg
     return out
@@ -174,7 +178,7 @@ def run_all(fixture: Path, out_dir: Path, log=print, mode: str = "graph") -> Dic
         "tokenizers": lambda: tokenizer_outputs(fixture),
         "components": lambda: {**prior_component_outputs(fixture, inputs, mode),
                                **decoder_component_outputs(fixture, inputs, mode)},
-        "prior_pipeline": lambda: prior_pipeline_outputs(fixture, mode=mode),
+        "prior_pipeline": lambda: prior_pipeline_outputs(fixture, mode=mode, debug=debug),
         "inpaint_pipeline": lambda: inpaint_pipeline_outputs(fixture, debug=debug, mode=mode),
     }
     for name, make in producers.items():

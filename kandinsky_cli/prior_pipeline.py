@@ -118,8 +118,12 @@ class PriorPipeline:
     # -- KandinskyPriorPipeline.__call__ ------------------------------------------------------------------
     def __call__(self, prompt: Union[str, List[str]], negative_prompt: Union[None, str, List[str]] = None,
                  num_images_per_prompt: int = 1, num_inference_steps: int = 25, guidance_scale: float = 4.0,
-                 noise=None, callback: StepCallback = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Returns (image_embeds, negative_image_embeds), each (len(prompt) * num_images_per_prompt, E) float32."""
+                 noise=None, callback: StepCallback = None,
+                 debug: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Returns (image_embeds, negative_image_embeds), each (len(prompt) * num_images_per_prompt, E) float32.
+
+        ``debug``, when a dict, receives the intermediates under diffusers' debug key names.
+        """
         noise = as_noise(noise)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negative = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
@@ -131,8 +135,10 @@ class PriorPipeline:
         embeds, hidden, mask = self._encode_prompt(prompts, num_images_per_prompt, cfg, negative)
         timesteps = self.scheduler.timesteps(num_inference_steps)
         latents = noise.randn((batch, self.embedding_dim)) * np.float32(self.scheduler.init_noise_sigma)
+        trace = {"noise_00": latents.copy(), "step_latents_in": [], "step_model_out_cfg": [], "step_latents_out": []}
         t_embeds, t_hidden, t_mask = self._tensor(embeds), self._tensor(hidden), self._tensor(mask)
         for i, t in enumerate(timesteps):
+            trace["step_latents_in"].append(latents)
             model_in = np.concatenate([latents, latents]) if cfg else latents
             t_in = self.prior.timestep_input(int(t), model_in.shape[0])
             pred = self._prior_fn(self._tensor(model_in), t_in, t_embeds, t_hidden, t_mask)
@@ -142,9 +148,17 @@ class PriorPipeline:
                 pred = uncond + np.float32(guidance_scale) * (cond - uncond)
             prev_t = int(timesteps[i + 1]) if i + 1 < len(timesteps) else None
             step_noise = noise.randn(latents.shape) if t > 0 else None
+            if step_noise is not None:
+                trace[f"noise_{len([k for k in trace if k.startswith('noise_')]):02d}"] = step_noise
             latents = self.scheduler.step(pred, int(t), latents, prev_timestep=prev_t, noise=step_noise)
+            trace["step_model_out_cfg"].append(pred)
+            trace["step_latents_out"].append(latents)
             if callback is not None:
                 callback(i + 1, len(timesteps))
+        if debug is not None:
+            debug.update({k: np.stack(v) if isinstance(v, list) else v for k, v in trace.items()})
+            debug.update(prompt_embeds=embeds, text_hidden=hidden, text_mask=mask.astype(np.int64),
+                         timesteps=timesteps)
         latents = self.prior.post_process_latents(self._tensor(latents)).asnumpy().astype(np.float32)
         if negative_prompt is None:
             return latents, np.repeat(self.zero_image_embed().astype(np.float32), latents.shape[0], axis=0)

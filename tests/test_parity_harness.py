@@ -42,3 +42,17 @@ def test_parity_script_rejects_a_non_fixture(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "parity.py"), str(tmp_path), str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "golden/cases.json" in res.stderr
+
+
+def test_prior_debug_intermediates(golden):
+    """Per-step prior intermediates (text encodings, CFG output, latents, every noise draw) vs diffusers'."""
+    ref = golden("debug_intermediates")
+    debug = {}
+    parity.prior_pipeline_outputs(FIXTURE, debug=debug)
+    expected = sorted(k for k in ref if k.startswith("prior_case"))
+    assert sorted(debug) == expected
+    for key in expected:
+        if key.split("/")[1].startswith(("noise_", "timesteps", "text_mask")):
+            np.testing.assert_array_equal(debug[key], ref[key], err_msg=key)
+        else:
+            assert_scaled(debug[key], ref[key], 1e-4, key)

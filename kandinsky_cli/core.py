@@ -120,9 +120,6 @@ class InpaintRequest:
         if Path(self.out).suffix.lower() != ".png":
             raise UserError(f"cannot write {self.out}: inpainting outputs are PNG (name must end in .png)")
 
-    def output_paths(self) -> List[Path]:
-        return numbered_paths(self.out, self.num_images)
-
     def grid_path(self) -> Path:
         return Path(self.out).with_name(f"{Path(self.out).stem}-grid.png")
 

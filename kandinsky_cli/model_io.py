@@ -127,16 +127,6 @@ def safetensors_shapes(files: Sequence[Path]) -> Dict[str, tuple]:
     return shapes
 
 
-def read_safetensors(files: Sequence[Path]) -> Dict[str, np.ndarray]:
-    """Every tensor of the given safetensors files as numpy arrays (for small files and tests)."""
-    state: Dict[str, np.ndarray] = {}
-    for path in files:
-        with _open_safetensors(path) as f:
-            for key in f.keys():
-                state[key] = _get_tensor(f, key, path)
-    return state
-
-
 def _get_tensor(handle, key: str, path: Path) -> np.ndarray:
     try:
         return handle.get_tensor(key)

@@ -367,7 +367,8 @@ class BatchRunner:
 
     def prepare_embeddings(self, jobs: Sequence[Job]) -> None:
         """Run the prior first for every pending job that needs it (once per distinct request, cached by the
-        engine), then free the prior, so that the prior and the decoder are never in memory together."""
+        engine), then free the prior, so that the prior and the decoder are never in memory together; then
+        encode every pending job's texts with one load of the decoder's text encoder, and free that too."""
         from .core import PriorRequest
 
         def inputs_ok(job: Job) -> bool:
@@ -379,13 +380,14 @@ class BatchRunner:
             except Exception:   # the job fails with this reason when it runs
                 return False
 
-        pending = [job for job in jobs
-                   if job.uses_prior and job.problem is None and not self.will_skip(job) and inputs_ok(job)]
+        pending = [job for job in jobs if job.problem is None and not self.will_skip(job) and inputs_ok(job)]
         if not pending:
             return
         if self.device_target is None:
             self.device_target = use_device(self.shard.device_id)
         for job in pending:
+            if not job.uses_prior:
+                continue
             seed, _ = job_seed(job, self.base_seed)
             try:
                 self.engine.run_prior(PriorRequest(job.prompt, job.negative_prompt, job.prior_steps,
@@ -395,6 +397,13 @@ class BatchRunner:
             except Exception:
                 pass    # this job will fail with its own reason when it runs
         self.engine.unload_prior()
+        texts = []
+        for job in pending:
+            texts.append(job.prompt)
+            if job.guidance_scale > 1.0:
+                texts.append("" if job.negative_prompt is None else job.negative_prompt)
+        self.ensure_models(pending[0])
+        self.engine.encode_texts(texts)
 
     def run_job(self, job: Job) -> JobOutcome:
         seed, seed_source = job_seed(job, self.base_seed)

@@ -199,6 +199,17 @@ class Kandinsky:
             self.counters["decoder_loads"] += 1
         return self._decoder
 
+    def encode_texts(self, texts: List[str]) -> None:
+        """Encode (and cache) every text coming decoder runs need with one load of the text encoder, which is
+        then freed again."""
+        decoder = self.decoder
+        decoder.keep_text_encoder = True
+        try:
+            decoder.encode_text(list(texts))
+        finally:
+            decoder.keep_text_encoder = False
+            decoder.release_text_encoder()
+
     # -- stage 1 ------------------------------------------------------------------------------------------
     def run_prior(self, req: PriorRequest, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
         """(image_embeds, negative_image_embeds), float32 (N, E); cached per distinct request."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -74,13 +74,18 @@ MOVQ_GRAPH_MAX_PIXELS = 512 * 512
 
 
 class InpaintPipeline:
-    """M-CLIP text encoder + 9-channel UNet + MoVQ + DDIM, loaded once from a pipeline folder."""
+    """M-CLIP text encoder + 9-channel UNet + MoVQ + DDIM, loaded once from a pipeline folder.
+
+    The text encoder (XLM-R large, ~2.2 GB in float32) is needed once per distinct text, so it is loaded on
+    demand, runs eagerly (MindSpore never frees a compiled network's parameters) and, unless
+    ``keep_text_encoder`` is set, is dropped again right after encoding; encodings are cached per text.
+    This keeps it out of memory while the UNet and MoVQ run at full size.
+    """
 
     def __init__(self, root: Path, dtype=None, mode: str = "graph"):
         import mindspore as ms
 
         from .layers import compiled
-        from .mclip import MultilingualCLIP
         from .movq import VQModel
         from .schedulers import DDIMScheduler
         from .tokenizer import load_xlmr_tokenizer
@@ -90,7 +95,10 @@ class InpaintPipeline:
         self.dtype = dtype or ms.float32
         self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
         self.tokenizer = load_xlmr_tokenizer(self.root / "tokenizer")
-        self.text_encoder = MultilingualCLIP.from_pretrained(self.root / "text_encoder", dtype)
+        self.text_encoder = None
+        self.keep_text_encoder = False
+        self.text_encoder_loads = 0
+        self._text_cache: Dict[str, tuple] = {}
         self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", dtype)
         self.movq = VQModel.from_pretrained(self.root / "movq", dtype)
         self.scheduler = DDIMScheduler(model_io.read_config(self.root / "scheduler", "scheduler_config.json"))
@@ -99,7 +107,6 @@ class InpaintPipeline:
         self.scale_factor = self.movq.scale_factor
         self.image_embed_dim = int(self.unet_config["cross_attention_dim"])
         self.mode = mode
-        self._text_fn = compiled(self.text_encoder, mode)
         self._unet_fn = compiled(self.unet, mode)
         self._encode_graph = compiled(self.movq.encode_latents, mode)
         self._decode_graph = compiled(self.movq.decode_latents, mode)
@@ -115,11 +122,34 @@ class InpaintPipeline:
         return ms.Tensor(np.asarray(arr, dtype=self.np_dtype))
 
     def encode_text(self, texts: List[str]):
+        """(text_embeds (N, E), hidden states (N, 77, D)) float arrays; each text encoded alone (batch 1) and
+        cached, so a text gives the same numbers whatever else it is encoded with."""
         import mindspore as ms
 
-        ids, mask = self.tokenizer(list(texts))
-        embeds, hidden = self._text_fn(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
-        return embeds.asnumpy(), hidden.asnumpy()
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            if self.text_encoder is None:
+                from .mclip import MultilingualCLIP
+
+                self.text_encoder = MultilingualCLIP.from_pretrained(self.root / "text_encoder", self.dtype)
+                self.text_encoder_loads += 1
+            for text in missing:
+                ids, mask = self.tokenizer([text])
+                embeds, hidden = self.text_encoder(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
+                self._text_cache[text] = (embeds.asnumpy(), hidden.asnumpy())
+            if not self.keep_text_encoder:
+                self.release_text_encoder()
+        return tuple(np.concatenate([self._text_cache[t][i] for t in texts]) for i in (0, 1))
+
+    def release_text_encoder(self) -> None:
+        """Drop the text encoder's weights (cached encodings stay; it reloads when a new text comes)."""
+        import gc
+
+        self.text_encoder = None
+        gc.collect()
+
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
 
     def _encode_prompt(self, prompts: List[str], num_images: int, cfg: bool, negative: Optional[List[str]]):
         embeds, hidden = (np.repeat(a, num_images, axis=0) for a in self.encode_text(prompts))

@@ -127,11 +127,42 @@ def safetensors_shapes(files: Sequence[Path]) -> Dict[str, tuple]:
     return shapes
 
 
-def _get_tensor(handle, key: str, path: Path) -> np.ndarray:
-    try:
-        return handle.get_tensor(key)
-    except Exception as exc:  # truncated data, unsupported dtype (e.g. bfloat16 in numpy)
-        raise UserError(f"cannot read tensor {key} from {path}: {exc}") from None
+# safetensors dtype names -> numpy (bfloat16 has no numpy type: a clear error instead)
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                      "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _read_header(f, path: Path):
+    """(header dict, offset of the data section) of an open safetensors file."""
+    raw = f.read(8)
+    size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    header = json.loads(f.read(size)) if size > 0 else None
+    if not isinstance(header, dict):
+        raise UserError(f"cannot read weights {path}: corrupt safetensors header")
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def iter_tensors(path: Path, keys: Iterable[str]):
+    """Yield (key, array) for ``keys`` of one safetensors file, each read with plain file reads into a fresh
+    array. No memory map: mapped file pages count in the process RSS until unmapped, which would double the
+    peak while a multi-GB component loads."""
+    with open(path, "rb") as f:
+        header, base = _read_header(f, path)
+        for key in keys:
+            info = header[key]
+            dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise UserError(f"cannot read tensor {key} from {path}: unsupported dtype {info['dtype']} "
+                                "(float32 or float16 checkpoints are supported)")
+            begin, end = info["data_offsets"]
+            arr = np.empty(info["shape"], dtype=dtype)
+            if arr.nbytes != end - begin:
+                raise UserError(f"cannot read tensor {key} from {path}: size does not match its shape")
+            f.seek(base + begin)
+            if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != arr.nbytes:
+                raise UserError(f"cannot read tensor {key} from {path}: file is truncated")
+            yield key, arr
 
 
 def _rename_legacy(key: str) -> str:
@@ -190,14 +221,12 @@ def load_weights(cell, component_dir: Path, base: str, dtype=None, variant: Opti
     np_dtype = np.float16 if target == ms.float16 else np.float32
     for path in files:
         with _open_safetensors(path) as f:
-            for key in f.keys():
-                if key not in names:
-                    continue
-                arr = _get_tensor(f, key, path)
-                param = params[names[key]]
-                if np.issubdtype(arr.dtype, np.floating):
-                    arr = np.ascontiguousarray(arr, dtype=np_dtype)
-                    param.set_dtype(target)
-                param.set_data(ms.Tensor.from_numpy(arr))
-                del arr
+            keys = [key for key in f.keys() if key in names]
+        for key, arr in iter_tensors(path, keys):
+            param = params[names[key]]
+            if np.issubdtype(arr.dtype, np.floating):
+                arr = np.ascontiguousarray(arr, dtype=np_dtype)
+                param.set_dtype(target)
+            param.set_data(ms.Tensor.from_numpy(arr))
+            del arr
     return cell

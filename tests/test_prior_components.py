@@ -152,6 +152,36 @@ def test_text_loading_is_strict(prior_dir, tmp_path):
         CLIPTextModelWithProjection.from_pretrained(comp)
 
 
+def test_iter_tensors_reads_every_dtype_exactly(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    state = {"a": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.standard_normal(7).astype(np.float16),
+             "c": np.arange(6, dtype=np.int64).reshape(2, 3), "d": np.zeros((0, 4), np.float32),
+             "e": np.array(2.5, np.float32)}
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path), metadata={"format": "pt"})
+    got = dict(model_io.iter_tensors(path, ["e", "c", "a", "d", "b"]))
+    assert set(got) == set(state)
+    for key, arr in state.items():
+        assert got[key].dtype == arr.dtype and got[key].shape == arr.shape
+        np.testing.assert_array_equal(got[key], arr)
+
+
+def test_unreadable_tensors_are_clear_errors(tmp_path):
+    import struct
+
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(UserError, match="unsupported dtype BF16"):
+        list(model_io.iter_tensors(path, ["w"]))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(UserError, match="truncated"):
+        list(model_io.iter_tensors(path, ["w"]))
+
+
 def test_config_mismatch_is_reported(prior_dir, tmp_path):
     comp = _copy_component(prior_dir / "image_encoder", tmp_path / "image_encoder")
     config = json.loads((comp / "config.json").read_text())

@@ -652,7 +652,7 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
     if json_out:
         _print_json({"batch": title, "manifest": str(manifest_path), "shard": shard.as_dict(),
                      "base_seed": base_seed, "jobs": [o.as_dict() for o in outcomes],
-                     "counts": {**tally, "total": len(mine)}, "counters": dict(engine.counters),
+                     "counts": {**tally, "total": len(mine)}, "counters": engine.counter_snapshot(),
                      "interrupted": interrupted, "elapsed_s": round(time.perf_counter() - started, 3)})
     console = stderr if json_out else stdout
     if outcomes:

@@ -154,6 +154,11 @@ class Kandinsky:
         self.counters = {"prior_loads": 0, "decoder_loads": 0, "prior_runs": 0, "decoder_runs": 0}
         self._embedding_cache: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
 
+    def counter_snapshot(self) -> Dict[str, int]:
+        """Loads and runs so far, with the decoder's text encoder loads (it is freed after each use)."""
+        text_loads = self._decoder.text_encoder_loads if self._decoder is not None else 0
+        return {**self.counters, "text_encoder_loads": text_loads}
+
     @property
     def ms_dtype(self):
         import mindspore as ms
@@ -203,12 +208,9 @@ class Kandinsky:
         """Encode (and cache) every text coming decoder runs need with one load of the text encoder, which is
         then freed again."""
         decoder = self.decoder
-        decoder.keep_text_encoder = True
-        try:
-            decoder.encode_text(list(texts))
-        finally:
-            decoder.keep_text_encoder = False
-            decoder.release_text_encoder()
+        with decoder.holding_text_encoder():
+            for text in dict.fromkeys(texts):
+                decoder.encode_text([text])
 
     # -- stage 1 ------------------------------------------------------------------------------------------
     def run_prior(self, req: PriorRequest, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -284,7 +284,9 @@ class SpatialNorm(nn.Cell):
         self.conv_b = Conv2d(zq_channels, f_channels, 1)
 
     def construct(self, f, zq):
-        zq = ops.interpolate(zq, size=(f.shape[2], f.shape[3]), mode="nearest")
+        # The zq branch depends on the small latents only, so a compiled graph would run every SpatialNorm's
+        # full-size conv_y/conv_b at the start and keep them all alive; tie it to f to compute them here.
+        zq = ops.interpolate(ops.depend(zq, f), size=(f.shape[2], f.shape[3]), mode="nearest")
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
 
 

@@ -98,7 +98,8 @@ def batch(tmp_path_factory):
 def test_batch_runs_every_job_with_models_loaded_once(batch):
     summary = batch.summary
     assert summary["counters"] == {"prior_loads": 1, "decoder_loads": 1, "decoder_runs": 4,
-                                   "prior_runs": 2}   # "a hat"/5 once for two jobs, "a crown" once, embeds: none
+                                   "prior_runs": 2,   # "a hat"/5 once for two jobs, "a crown" once, embeds: none
+                                   "text_encoder_loads": 1}   # every job's texts encoded with one load
     status = {job["index"]: job["status"] for job in summary["jobs"]}
     assert status == {0: "done", 1: "done", 2: "done", 3: "done", 4: "failed"}
     assert summary["counts"] == {"done": 4, "skipped": 0, "failed": 1, "total": 5}
@@ -152,7 +153,8 @@ def test_rerun_skips_everything(batch):
     mtimes = {name: (batch.out / name).stat().st_mtime_ns for name in OUTPUTS}
     result = run("batch", batch.yaml, "--out-dir", batch.out, *MODELS, "--json", code=1)
     summary = json.loads(result.stdout)
-    assert summary["counters"] == {"prior_loads": 0, "decoder_loads": 0, "prior_runs": 0, "decoder_runs": 0}
+    assert summary["counters"] == {"prior_loads": 0, "decoder_loads": 0, "prior_runs": 0, "decoder_runs": 0,
+                                   "text_encoder_loads": 0}
     assert [job["status"] for job in summary["jobs"]] == ["skipped"] * 4 + ["failed"]
     assert {name: (batch.out / name).stat().st_mtime_ns for name in OUTPUTS} == mtimes
     after = manifest.read_text().splitlines()
@@ -167,7 +169,8 @@ def test_deleting_an_output_regenerates_only_it(batch):
     mtimes = {name: (batch.out / name).stat().st_mtime_ns for name in OUTPUTS if name != target.name}
     summary = json.loads(run("batch", batch.yaml, "--out-dir", batch.out, *MODELS, "--json", code=1).stdout)
     # the job brings its own embeddings: the prior is not even loaded
-    assert summary["counters"] == {"prior_loads": 0, "decoder_loads": 1, "prior_runs": 0, "decoder_runs": 1}
+    assert summary["counters"] == {"prior_loads": 0, "decoder_loads": 1, "prior_runs": 0, "decoder_runs": 1,
+                                   "text_encoder_loads": 1}
     assert [job["status"] for job in summary["jobs"]] == ["skipped", "skipped", "skipped", "done", "failed"]
     np.testing.assert_array_equal(pixels(target), old)
     assert {name: (batch.out / name).stat().st_mtime_ns for name in mtimes} == mtimes

@@ -81,3 +81,28 @@ def test_inpaint_intermediates(inpaint_run, golden):
             assert_scaled(value, ref[key], 5e-3 if name == "movq_decoded_preclamp" else 1e-4, key)
         checked += 1
     assert checked == len([k for k in ref if k.startswith("inpaint_case")])
+
+
+def test_text_encoder_is_loaded_on_demand_and_freed(golden):
+    """M-CLIP is loaded for new texts only, freed after encoding, and a text encodes the same alone or not."""
+    from kandinsky_cli.inpaint_pipeline import InpaintPipeline
+
+    pipe = InpaintPipeline(FIXTURE / "inpaint")
+    assert pipe.text_encoder is None and pipe.text_encoder_loads == 0
+    e_ab, h_ab = pipe.encode_text(["a red hat", ""])
+    assert pipe.text_encoder is None and pipe.text_encoder_loads == 1
+    e_a, h_a = pipe.encode_text(["a red hat"])            # cached: no load
+    assert pipe.text_encoder_loads == 1
+    np.testing.assert_array_equal(e_a, e_ab[:1])
+    np.testing.assert_array_equal(h_a, h_ab[:1])
+    with pipe.holding_text_encoder():
+        pipe.encode_text(["a blue hat"])
+        pipe.encode_text(["a green hat"])
+        assert pipe.text_encoder is not None and pipe.text_encoder_loads == 2
+    assert pipe.text_encoder is None
+    kept = InpaintPipeline(FIXTURE / "inpaint")
+    kept.keep_text_encoder = True                          # compiled and kept: same numbers within float noise
+    e_k, h_k = kept.encode_text(["a red hat"])
+    kept.encode_text(["a blue hat"])
+    assert kept.text_encoder is not None and kept.text_encoder_loads == 1
+    assert np.abs(h_k - h_a).max() <= 1e-5 * np.abs(h_a).max() and np.abs(e_k - e_a).max() <= 1e-5 * np.abs(e_a).max()

@@ -966,6 +966,24 @@ def environment(torch_ok: bool) -> dict:
     return env
 
 
+def _timed_rows(workloads: List[Workload], impl: str, how: str, dtype: str, build_error: Optional[str],
+                extra: dict, args, make_run: Callable):
+    """One Row per workload of one implementation: skipped if its models failed to build or its run raised."""
+    for wl in workloads:
+        if build_error:
+            yield Row(wl.name, impl, dtype, skipped=f"build failed: {build_error}", extra=extra)
+            continue
+        log(f"{wl.name} {impl} {dtype}{how}: {args.warmup} warm-up + {args.repeats} timed")
+        try:
+            row = measure(wl.name, impl, dtype, make_run(wl), args.warmup, args.repeats, extra)
+            log(f"  median {row.median:.3f} s, peak RSS {(row.peak_rss or 0) / GB:.2f} GB")
+        except Exception as exc:
+            row = Row(wl.name, impl, dtype, skipped=short_error(exc), extra=extra)
+            log(f"  skipped: {row.skipped}")
+        free_memory()
+        yield row
+
+
 def run_group(ctx: Ctx, group: Group, workloads: List[Workload], dtype: str, args, emit) -> None:
     """Torch rows (models built once), copy weights, free torch, MindSpore rows, free: one (group, dtype) unit."""
     extra_ms = {"mode": ctx.mode, "warmup": args.warmup}
@@ -982,20 +1000,10 @@ def run_group(ctx: Ctx, group: Group, workloads: List[Workload], dtype: str, arg
             build_error = short_error(exc)
             log(f"  torch build failed: {build_error}")
         log(f"  built in {time.perf_counter() - t0:.1f} s; RSS {(current_rss() or 0) / GB:.2f} GB")
-        for wl in workloads:
-            if build_error:
-                emit(Row(wl.name, "torch", dtype, skipped=f"build failed: {build_error}", extra=extra_torch))
-                continue
-            log(f"{wl.name} torch {dtype}: {args.warmup} warm-up + {args.repeats} timed")
-            try:
-                row = measure(wl.name, "torch", dtype, wl.torch_run(tmodels, dtype), args.warmup, args.repeats,
-                              extra_torch)
-                torch_medians[wl.name] = row.median
-                log(f"  median {row.median:.3f} s, peak RSS {(row.peak_rss or 0) / GB:.2f} GB")
-            except Exception as exc:
-                row = Row(wl.name, "torch", dtype, skipped=short_error(exc), extra=extra_torch)
-                log(f"  skipped: {row.skipped}")
-            free_memory()
+        for row in _timed_rows(workloads, "torch", "", dtype, build_error, extra_torch, args,
+                               lambda wl, models=tmodels: wl.torch_run(models, dtype)):
+            if row.median is not None:
+                torch_medians[row.workload] = row.median
             emit(row)
     t0 = time.perf_counter()
     log(f"{group.key} {dtype}: building MindSpore models ({group.ms_source})")
@@ -1010,21 +1018,10 @@ def run_group(ctx: Ctx, group: Group, workloads: List[Workload], dtype: str, arg
     del tmodels
     free_memory()
     log(f"  built in {time.perf_counter() - t0:.1f} s; RSS {(current_rss() or 0) / GB:.2f} GB")
-    for wl in workloads:
-        if build_error:
-            emit(Row(wl.name, "mindspore", dtype, skipped=f"build failed: {build_error}", extra=extra_ms))
-            continue
-        log(f"{wl.name} mindspore {dtype} ({ctx.mode}): {args.warmup} warm-up + {args.repeats} timed")
-        try:
-            row = measure(wl.name, "mindspore", dtype, wl.ms_run(msmodels, dtype, ctx.mode), args.warmup,
-                          args.repeats, extra_ms)
-            if torch_medians.get(wl.name):
-                row.ratio = row.median / torch_medians[wl.name]
-            log(f"  median {row.median:.3f} s, peak RSS {(row.peak_rss or 0) / GB:.2f} GB")
-        except Exception as exc:
-            row = Row(wl.name, "mindspore", dtype, skipped=short_error(exc), extra=extra_ms)
-            log(f"  skipped: {row.skipped}")
-        free_memory()
+    for row in _timed_rows(workloads, "mindspore", f" ({ctx.mode})", dtype, build_error, extra_ms, args,
+                           lambda wl, models=msmodels: wl.ms_run(models, dtype, ctx.mode)):
+        if row.median is not None and torch_medians.get(row.workload):
+            row.ratio = row.median / torch_medians[row.workload]
         emit(row)
     # MindSpore keeps compiled graphs (and through them the cells' weights) alive until the process ends, which is
     # why the default driver runs every (group, dtype) unit in its own process.

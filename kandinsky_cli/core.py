@@ -209,8 +209,7 @@ class Kandinsky:
         then freed again."""
         decoder = self.decoder
         with decoder.holding_text_encoder():
-            for text in dict.fromkeys(texts):
-                decoder.encode_text([text])
+            decoder.encode_text(list(texts))
 
     # -- stage 1 ------------------------------------------------------------------------------------------
     def run_prior(self, req: PriorRequest, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,7 @@ _WINO_KB, _WINO_KG, _WINO_KA = (Tensor(np.kron(m, m).astype(np.float32)) for m i
 # Off with KANDINSKY_WINOGRAD=0: the direct convolution is then used everywhere.
 WINOGRAD = os.environ.get("KANDINSKY_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
 
+
 def winograd_pays(shape, in_channels: int, out_channels: int) -> bool:
     """Where Winograd is used: >= 384 channels and >= 288 output tiles of 4x4 (e.g. CFG batch 2 at 48x48).
 
@@ -90,12 +91,9 @@ class Conv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding=0,
                  bias: bool = True):
-        if padding == 0:
-            super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="valid",
-                             has_bias=bias, weight_init="zeros", bias_init="zeros")
-        else:
-            super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
-                             padding=padding, has_bias=bias, weight_init="zeros", bias_init="zeros")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         pad_mode="valid" if padding == 0 else "pad", padding=padding, has_bias=bias,
+                         weight_init="zeros", bias_init="zeros")
         self.winograd_ok = kernel_size == 3 and stride == 1 and padding == 1
 
     def construct(self, x):

@@ -36,7 +36,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .batchfile import JOB_KEYS, Job, check_job_inputs
+from .batchfile import Job, check_job_inputs
 from .errors import UserError
 from .files import to_json
 
@@ -289,21 +289,8 @@ class Reporter:
 
 
 def job_request(job: Job, seed: int):
-    """The :class:`core.InpaintRequest` of a job: what ``kandinsky inpaint`` would build from its options."""
-    from .core import InpaintRequest
-
-    return InpaintRequest(
-        image=job.image, mask=job.mask_spec(), prompt=job.prompt, negative_prompt=job.negative_prompt,
-        image_embeds=job.image_embeds, negative_image_embeds=job.negative_image_embeds, steps=job.steps,
-        guidance_scale=job.guidance_scale, prior_steps=job.prior_steps, prior_guidance_scale=job.prior_guidance_scale,
-        height=job.height, width=job.width, num_images=job.num_images, seed=seed, out=job.out, paste_back=True,
-        save_grid=False)
-
-
-def job_parameters(job: Job) -> dict:
-    """A job's keys as JSON-able values (for the manifest line of a job that failed)."""
-    values = {key: getattr(job, key) for key in JOB_KEYS}
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    """The request a job runs: its own, with the seed it gets (given, or derived)."""
+    return job.request.replace(seed=seed)
 
 
 def _short_reason(job: Job, error: BaseException) -> str:
@@ -345,11 +332,7 @@ class BatchRunner:
         if self.device_target is None:
             self.device_target = use_device(self.shard.device_id)
         if job.uses_prior and not self._prior_checked:
-            width_p, width_d = self.engine.embedding_widths()
-            if width_p != width_d:
-                raise UserError(f"the prior {self.engine.prior_model} makes {width_p}-wide embeddings "
-                                f"but the decoder {self.engine.decoder_model} expects {width_d}: "
-                                f"the checkpoints do not match")
+            self.engine.check_embedding_widths()
             self._prior_checked = True
         self.engine.decoder
 
@@ -366,11 +349,9 @@ class BatchRunner:
         return self.outcomes
 
     def prepare_embeddings(self, jobs: Sequence[Job]) -> None:
-        """Run the prior first for every pending job that needs it (once per distinct request, cached by the
-        engine), then free the prior, so that the prior and the decoder are never in memory together; then
-        encode every pending job's texts with one load of the decoder's text encoder, and free that too."""
-        from .core import PriorRequest
-
+        """Make the embeddings of every pending job that needs the prior (once per distinct request; the engine frees
+        the prior afterwards, so the prior and the decoder are never in memory together); then encode every pending
+        job's texts with one load of the decoder's text encoder, and free that too."""
         def inputs_ok(job: Job) -> bool:
             try:
                 with warnings.catch_warnings():
@@ -385,25 +366,17 @@ class BatchRunner:
             return
         if self.device_target is None:
             self.device_target = use_device(self.shard.device_id)
-        for job in pending:
-            if not job.uses_prior:
-                continue
-            seed, _ = job_seed(job, self.base_seed)
-            try:
-                self.engine.run_prior(PriorRequest(job.prompt, job.negative_prompt, job.prior_steps,
-                                                   job.prior_guidance_scale, job.num_images, seed))
-            except UserError:
-                raise   # the prior model cannot be loaded: an error of the whole batch
-            except Exception:
-                pass    # this job will fail with its own reason when it runs
-        self.engine.unload_prior()
-        texts = []
-        for job in pending:
-            texts.append(job.prompt)
-            if job.guidance_scale > 1.0:
-                texts.append("" if job.negative_prompt is None else job.negative_prompt)
+        prior_requests = [job.request.prior_request(job_seed(job, self.base_seed)[0]) for job in pending
+                          if job.uses_prior]
+        try:
+            self.engine.make_embeddings(prior_requests)
+        except UserError:
+            raise   # the prior model cannot be loaded: an error of the whole batch
+        except Exception:
+            pass    # the job at fault fails with its own reason when it runs
+
         self.ensure_models(pending[0])
-        self.engine.encode_texts(texts)
+        self.engine.encode_texts([job.request for job in pending])
 
     def run_job(self, job: Job) -> JobOutcome:
         seed, seed_source = job_seed(job, self.base_seed)
@@ -418,7 +391,7 @@ class BatchRunner:
         def failed(error: Exception) -> JobOutcome:
             outcome = JobOutcome(job, FAILED, seed, seed_source, [], _short_reason(job, error),
                                  time.perf_counter() - t0)
-            self.manifest.append([self._record(outcome, started, job_parameters(job))])
+            self.manifest.append([self._record(outcome, started, job.request.parameters())])
             return outcome
 
         started, t0 = _now(), time.perf_counter()

@@ -9,34 +9,9 @@ A batch file is YAML (read with ``yaml.safe_load``) with two top-level keys::
         mask_rects: ["0:250,250:518"]
         prompt: a hat
 
-Job keys (``JOB_KEYS``; relative paths resolve against the YAML file's directory, except ``out`` when
-an output folder is given to :func:`load_batch`):
-
-==========================  ===============================================  =========================
-key                         value                                            default
-==========================  ===============================================  =========================
-image                       input image (PNG/JPEG/WebP), must exist          required
-prompt                      non-empty string                                 required
-mask                        mask file (PNG/JPEG/WebP or .npy), must exist    none
-mask_rects                  list of ``"ROWS,COLS"`` strings (quote them)     ``[]``
-                            (``mask`` and/or ``mask_rects`` is required)
-invert_mask                 boolean                                          false
-grow                        integer >= 0 (pixels)                            0
-feather                     integer >= 0 (pixels)                            0
-negative_prompt             string, or null (none)                           null
-seed                        integer 0 .. 2**32-1, or null (derived from the  null
-                            batch's base seed and the job's index)
-num_images                  integer 1 .. 64                                  1
-steps                       integer 1 .. 1000 (decoder steps)                100
-guidance_scale              number >= 0                                      4.0
-prior_steps                 integer 2 .. 1000                                25
-prior_guidance_scale        number >= 0                                      4.0
-height, width               multiple of 64, 64 .. 4096                       768
-out                         output image (.png)                              ``outputs/<image stem>.png``
-                                                                             (``<stem>.png`` in ``out_dir``)
-image_embeds,               ``.npy`` files replacing the prior (both or      none
-negative_image_embeds       neither), must exist
-==========================  ===============================================  =========================
+Job keys are the options of ``kandinsky inpaint`` (``options.JOB_KEYS``, each with the type, range and default of
+its definition in options.py; ``configs/batch-example.yaml`` documents every one). Relative paths resolve against
+the YAML file's directory, except ``out`` when an output folder is given to :func:`load_batch`.
 
 With ``num_images`` > 1 the outputs are ``<out stem>-1.png`` ... ``<out stem>-N.png`` (as ``kandinsky inpaint``). Two jobs
 may not write the same file, and no output may overwrite an input. Every error is a :class:`UserError`
@@ -46,180 +21,43 @@ got 0``.
 from __future__ import annotations
 
 import difflib
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
 
+from . import options
+from .core import InpaintRequest
 from .errors import UserError
-from .files import PathLike, load_image, numbered_paths
-from .masks import MaskSpec, SizeHW, load_mask_file, parse_rect, rect_mask
+from .files import PathLike, load_image
+from .masks import SizeHW, load_mask_file, rect_mask
+from .options import JOB_KEYS, describe as _describe
 
-REQUIRED = object()
-SEED_MAX = 2**32 - 1
 TOP_LEVEL_KEYS = ("defaults", "jobs")
 INPUT_PATH_KEYS = ("image", "mask", "image_embeds", "negative_image_embeds")
 
 
-class _Invalid(Exception):
-    """A problem with one value; the loader adds the file, job and key."""
-
-
-# ------------------------------------------------------------------------------------------ value checks
-
-def _describe(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "a mapping", type(None): "null"}
-    kind = names.get(type(value), type(value).__name__)
-    if value is None:
-        return "null"
-    return f"{str(value).lower() if isinstance(value, bool) else repr(value)} ({kind})"
-
-
-def _integer(lo: int, hi: Optional[int] = None, multiple: int = 1) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        what = f"a multiple of {multiple} " if multiple > 1 else ""
-        span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be an integer {what}{span}, got {_describe(value)}")
-        if value < lo or (hi is not None and value > hi) or value % multiple:
-            raise _Invalid(f"must be {what or 'an integer '}{span}, got {value}")
-        return value
-    return check
-
-
-def _number(lo: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Invalid(f"must be a number >= {lo:g}, got {_describe(value)}")
-        if not math.isfinite(value) or value < lo:
-            raise _Invalid(f"must be a number >= {lo:g}, got {value}")
-        return float(value)
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, got {_describe(value)}")
-    return value
-
-
-def _string(nonempty: bool) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Invalid(f"must be a string (quote it), got {_describe(value)}")
-        if nonempty and not value.strip():
-            raise _Invalid("must not be empty")
-        return value
-    return check
-
-
-def _path(suffixes: Optional[Tuple[str, ...]] = None) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise _Invalid(f"must be a file path (a string), got {_describe(value)}")
-        if suffixes and Path(value).suffix.lower() not in suffixes:
-            raise _Invalid(f"{value!r} must end in {', '.join(suffixes)}")
-        return value
-    return check
-
-
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else check(value)
-
-
-def _rects(value: Any) -> Tuple[str, ...]:
-    example = 'a list of quoted "ROWS,COLS" strings such as ["0:250,250:518"]'
-    if not isinstance(value, list):
-        raise _Invalid(f"must be {example}, got {_describe(value)}")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _Invalid(f"item {i} must be a quoted string such as \"0:250,250:518\", got {_describe(item)}"
-                           " (YAML reads some unquoted values like 1:30 as numbers)")
-        try:
-            parse_rect(item)
-        except UserError as e:
-            raise _Invalid(f"item {i}: {e}") from None
-    return tuple(value)
-
-
-#: Every job key: (check/convert function, default or REQUIRED).
-JOB_KEYS: Dict[str, Tuple[Callable[[Any], Any], Any]] = {
-    "image": (_path(), REQUIRED),
-    "prompt": (_string(nonempty=True), REQUIRED),
-    "mask": (_optional(_path()), None),
-    "mask_rects": (_rects, ()),
-    "invert_mask": (_boolean, False),
-    "grow": (_integer(0), 0),
-    "feather": (_integer(0), 0),
-    "negative_prompt": (_optional(_string(nonempty=False)), None),
-    "seed": (_optional(_integer(0, SEED_MAX)), None),
-    "num_images": (_integer(1, 64), 1),
-    "steps": (_integer(1, 1000), 100),
-    "guidance_scale": (_number(0.0), 4.0),
-    "prior_steps": (_integer(2, 1000), 25),
-    "prior_guidance_scale": (_number(0.0), 4.0),
-    "height": (_integer(64, 4096, multiple=64), 768),
-    "width": (_integer(64, 4096, multiple=64), 768),
-    "out": (_optional(_path((".png",))), None),
-    "image_embeds": (_optional(_path((".npy",))), None),
-    "negative_image_embeds": (_optional(_path((".npy",))), None),
-}
-
-
 # ------------------------------------------------------------------------------------------ jobs
 
-@dataclass(frozen=True)
 class Job:
-    """One validated job, every default filled in and every path absolute."""
+    """One validated job: its :class:`core.InpaintRequest` (every default filled in, every path absolute), where it
+    came from, and why it cannot run when that is known before running it (folder mode: no mask for the image).
+    The request's values read as the job's attributes (``job.steps``)."""
 
-    source: Path
-    index: int
-    image: Path
-    prompt: str
-    mask: Optional[Path]
-    mask_rects: Tuple[str, ...]
-    invert_mask: bool
-    grow: int
-    feather: int
-    negative_prompt: Optional[str]
-    seed: Optional[int]
-    num_images: int
-    steps: int
-    guidance_scale: float
-    prior_steps: int
-    prior_guidance_scale: float
-    height: int
-    width: int
-    out: Path
-    image_embeds: Optional[Path]
-    negative_image_embeds: Optional[Path]
-    #: Why this job cannot run, when that is known before running it (folder mode: no mask for the image).
-    problem: Optional[str] = None
+    def __init__(self, source: Path, index: int, request: InpaintRequest, problem: Optional[str] = None):
+        self.source, self.index, self.request, self.problem = source, index, request, problem
+
+    def __getattr__(self, key: str) -> Any:
+        if key == "request":
+            raise AttributeError(key)
+        return getattr(self.request, key)
 
     @property
     def where(self) -> str:
         """``'jobs.yaml: jobs[2]'``: the prefix of every message about this job."""
         return f"{self.source}: jobs[{self.index}]"
-
-    @property
-    def outputs(self) -> List[Path]:
-        """The files this job writes: ``out``, or ``<stem>-1.png`` ... ``<stem>-N.png`` for several images."""
-        return numbered_paths(self.out, self.num_images)
-
-    @property
-    def uses_prior(self) -> bool:
-        """False when the job brings its own image embeddings."""
-        return self.image_embeds is None
-
-    def mask_spec(self) -> MaskSpec:
-        """The job's mask settings, for :meth:`MaskSpec.build` at the image's size."""
-        return MaskSpec(path=self.mask, rects=self.mask_rects, invert=self.invert_mask, grow=self.grow,
-                        feather=self.feather)
 
 
 def _suggest(key: str, known) -> str:
@@ -234,13 +72,7 @@ def _check_keys(mapping: Dict[Any, Any], where: str) -> Dict[str, Any]:
         if key not in JOB_KEYS:
             raise UserError(f"{where}: unknown key {key!r}{_suggest(str(key), JOB_KEYS)}; "
                             f"known keys: {', '.join(JOB_KEYS)}")
-        check, default = JOB_KEYS[key]
-        if value is None and default is REQUIRED:
-            raise UserError(f"{where}.{key}: must not be empty (null)")
-        try:
-            checked[key] = check(value)
-        except _Invalid as e:
-            raise UserError(f"{where}.{key}: {e}") from None
+        checked[key] = options.check_value(key, value, f"{where}.{key}")
     return checked
 
 
@@ -253,8 +85,8 @@ def _resolve(base: Path, value: Optional[str]) -> Optional[Path]:
 
 def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_dir: Optional[Path] = None) -> Job:
     where = f"{source}: jobs[{index}]"
-    for key, (_, default) in JOB_KEYS.items():
-        if default is REQUIRED and key not in values:
+    for key in JOB_KEYS:
+        if options.BY_KEY[key].required and key not in values:
             raise UserError(f"{where}: missing required key {key!r}")
     if values.get("mask") is None and not values.get("mask_rects"):
         raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint)")
@@ -262,7 +94,7 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
         given = "image_embeds" if values.get("image_embeds") is not None else "negative_image_embeds"
         missing = "negative_image_embeds" if given == "image_embeds" else "image_embeds"
         raise UserError(f"{where}.{missing}: must be given together with {given}")
-    fields = {key: values.get(key, default) for key, (_, default) in JOB_KEYS.items()}
+    fields = {**options.defaults(JOB_KEYS), **values}
     for key in INPUT_PATH_KEYS:
         fields[key] = _resolve(base, fields[key])
         if fields[key] is not None and not fields[key].is_file():
@@ -273,7 +105,7 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
         fields["out"] = _resolve(base, out)
     else:
         fields["out"] = _resolve(out_dir, fields["out"] if fields["out"] is not None else f"{fields['image'].stem}.png")
-    return Job(source=source, index=index, **fields)
+    return Job(source, index, InpaintRequest(fields))
 
 
 def _check_outputs(jobs: List[Job]) -> None:
@@ -403,14 +235,6 @@ def check_job_inputs(job: Job) -> SizeHW:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: Mask files matched to images by stem in folder mode (``--masks DIR``).
 MASK_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
-#: The ``kandinsky batch`` option behind each job key in folder mode, for error messages.
-OPTION_NAMES = {
-    "prompt": "--prompt", "mask": "--mask", "mask_rects": "--mask-rect", "invert_mask": "--invert-mask",
-    "grow": "--grow", "feather": "--feather", "negative_prompt": "--negative-prompt", "seed": "--seed",
-    "num_images": "--num-images", "steps": "--steps", "guidance_scale": "--guidance",
-    "prior_steps": "--prior-steps", "prior_guidance_scale": "--prior-guidance", "height": "--height",
-    "width": "--width",
-}
 
 
 def _folder_files(folder: Path, suffixes: Tuple[str, ...], option: str) -> List[Path]:
@@ -438,14 +262,9 @@ def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
     source = Path(images)
     given = {key: value for key, value in values.items() if value is not None}
     for key in given:
-        if key not in OPTION_NAMES:
+        if options.FOLDER not in options.BY_KEY[key].scopes:
             raise ValueError(f"folder mode has no option for {key!r}")
-    checked = {}
-    for key, value in given.items():
-        try:
-            checked[key] = JOB_KEYS[key][0](value)
-        except _Invalid as e:
-            raise UserError(f"{OPTION_NAMES[key]}: {e}") from None
+    checked = options.check_flags(given)
     if "prompt" not in checked:
         raise UserError("folder mode (--images) needs --prompt TEXT")
     mask_dir = Path(masks) if masks is not None else None
@@ -476,7 +295,7 @@ def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
         for path in _folder_files(mask_dir, MASK_SUFFIXES, "--masks"):
             mask_files.setdefault(path.stem, []).append(path)
     out_base = Path(os.path.abspath(Path(out_dir).expanduser()))
-    defaults = {key: default for key, (_, default) in JOB_KEYS.items() if default is not REQUIRED}
+    defaults = options.defaults(JOB_KEYS)
     jobs = []
     for index, image in enumerate(files):
         fields = {**defaults, **checked, "image": Path(os.path.abspath(image)),
@@ -491,6 +310,6 @@ def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
                 problem = f"no mask for {image.name} in {mask_dir} (expected {', '.join(names[:-1])} or {names[-1]})"
             else:
                 problem = f"several masks for {image.name} in {mask_dir}: {', '.join(p.name for p in found)}"
-        jobs.append(Job(source=source, index=index, problem=problem, **fields))
+        jobs.append(Job(source, index, InpaintRequest(fields), problem))
     _check_outputs(jobs)
     return jobs

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from . import TOOL_NAME, __version__
+from . import TOOL_NAME, __version__, options
 from .errors import UserError
 
 # Click's exception classes, whether Typer uses click itself or ships its own copy of it.
@@ -118,28 +118,36 @@ def _root(
     """
 
 
-# Mask options, shared by every command that takes a mask.
-MaskRectOption = Annotated[Optional[List[str]], typer.Option(
-    "--mask-rect", metavar="ROWS,COLS", show_default=False,
-    help="Area to repaint in Python slice syntax, rows first, in pixels of the image: 0:250,250:518 or "
-         ":250,-100: (negative counts from the end, empty = edge). Repeatable: the union is taken.")]
-MaskFileOption = Annotated[Optional[Path], typer.Option(
-    "--mask", metavar="PATH", show_default=False,
-    help="Mask file: PNG/JPEG/WebP (white = repaint; RGBA/LA: opaque = repaint) or .npy (H, W) floats in "
-         "[0, 1]; >= 0.5 repaints. Resized to the image if needed. Combined with --mask-rect by union.")]
-InvertMaskOption = Annotated[bool, typer.Option(
-    "--invert-mask", help="Flip the mask (repaint what it would keep).")]
-GrowOption = Annotated[int, typer.Option(
-    "--grow", min=0, metavar="N", help="Dilate the repaint area by N pixels (a disc), after --invert-mask.")]
-FeatherOption = Annotated[int, typer.Option(
-    "--feather", min=0, metavar="N",
-    help="Blend the result into the original over N pixels outside the repaint area (the model still sees "
-         "the hard mask); farther pixels stay the original, bit for bit.")]
+# The options of each command come from options.py (one definition for the CLI, batch files and metadata).
+MASK_OPTIONS = options.in_scope(options.MASK)
+ENGINE_OPTIONS = options.in_scope(options.ENGINE)
+PRIOR_ENGINE_OPTIONS = [o for o in ENGINE_OPTIONS if o.key != "decoder_model"]
+INPAINT_OPTIONS = [o for o in options.in_scope(options.JOB) if not o.argument]
+FOLDER_OPTIONS = options.in_scope(options.FOLDER)
+# ``kandinsky prior`` runs one stage: its steps and guidance were --steps and --guidance there.
+PRIOR_ALIASES = {"prior_steps": ("--steps",), "prior_guidance_scale": ("--guidance", "--guidance-scale"),
+                 "prior_model": ("--model",)}
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+
+
+def _given(values: dict) -> dict:
+    """The options that were given (not None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _engine(values: dict):
+    """A :class:`core.Kandinsky` from the engine options (defaults for those not given)."""
+    from .core import Kandinsky
+
+    engine = {**options.defaults(options.ENGINE_KEYS), **_given({k: values.get(k) for k in options.ENGINE_KEYS})}
+    return Kandinsky(**engine)
 
 
 # ------------------------------------------------------------------------------------------ commands
 
 @app.command("mask")
+@options.command(MASK_OPTIONS)
 def mask_command(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH", show_default=False,
                                       help="Output: .png (white = repaint) or .npy (float32, 1 = repaint).")],
@@ -148,10 +156,7 @@ def mask_command(
     size: Annotated[Optional[str], typer.Option(
         "--size", metavar="WxH", show_default=False,
         help="Mask size WIDTHxHEIGHT, e.g. 768x512 (when no IMAGE is given).")] = None,
-    mask_rect: MaskRectOption = None,
-    mask: MaskFileOption = None,
-    invert_mask: InvertMaskOption = False,
-    grow: GrowOption = 0,
+    values: Optional[dict] = None,
 ) -> None:
     """Write the exact mask that inpainting would use, for inspection.
 
@@ -160,12 +165,14 @@ def mask_command(
     from .files import load_image
     from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_mask
 
+    values = {**_defaults_of(MASK_OPTIONS), **_given(values or {})}
     check_mask_output(out)
     if image is not None and size is not None:
         raise UserError("give either IMAGE or --size, not both: the mask has the size of the image")
     if image is None and size is None:
         raise UserError("the mask needs a size: give an IMAGE or --size WIDTHxHEIGHT (e.g. --size 768x768)")
-    spec = MaskSpec.from_options(mask, mask_rect, invert_mask, grow)
+    spec = MaskSpec(path=values["mask"], rects=values["mask_rects"], invert=values["invert_mask"],
+                    grow=values["grow"])
     if image is not None:
         loaded = load_image(image)
         size_hw = (loaded.height, loaded.width)
@@ -178,6 +185,10 @@ def mask_command(
     share = 100.0 * hard.mean()
     stdout.print(f"wrote {escape(str(out))}: {format_size(size_hw)}, {int(hard.sum())} pixels to repaint "
                  f"({share:.1f}%)")
+
+
+def _defaults_of(opts) -> dict:
+    return options.defaults(o.key for o in opts)
 
 
 @app.command("grid")
@@ -205,26 +216,6 @@ def grid_command(
     grid = make_image_grid([load_grid_input(p) for p in images], rows, cols)
     save_image(out, grid, {"command": "grid", "images": [str(p) for p in images], "rows": rows, "cols": cols})
     stdout.print(f"wrote {escape(str(out))}: {rows}x{cols} grid, {grid.width}x{grid.height} pixels")
-
-
-# Model options, shared by the commands that run a model.
-DtypeOption = Annotated[str, typer.Option(
-    "--dtype", metavar="float32|float16", help="Weights and compute precision (float32 is the CPU default).")]
-PriorModelOption = Annotated[str, typer.Option(
-    "--prior-model", metavar="ID_OR_DIR",
-    help="Prior pipeline: a local diffusers folder or a hub id (downloaded once into the HF cache).")]
-DecoderModelOption = Annotated[str, typer.Option(
-    "--decoder-model", metavar="ID_OR_DIR",
-    help="Inpaint decoder pipeline: a local diffusers folder or a hub id.")]
-OfflineOption = Annotated[bool, typer.Option(
-    "--offline", help="Never touch the network: hub ids must already be in the HF cache (also HF_HUB_OFFLINE=1).")]
-SeedOption = Annotated[Optional[int], typer.Option(
-    "--seed", min=0, max=2**32 - 1, metavar="N", show_default=False,
-    help="Noise seed (numpy default_rng; same result on CPU, GPU and Ascend). Default: random, reported.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
-ModeOption = Annotated[str, typer.Option(
-    "--mode", metavar="graph|pynative",
-    help="graph: networks compiled once per shape (fast); pynative: eager execution, for debugging.")]
 
 
 class _StepProgress:
@@ -261,74 +252,48 @@ def _print_json(obj: Any) -> None:
     typer.echo(to_json(obj, indent=2))
 
 
-def _parse_mix(items: List[str]) -> List[Any]:
-    mix = []
-    for item in items:
-        what, sep, weight = item.rpartition("=")
-        if not sep or not what:
-            raise UserError(f"bad --mix {item!r}: expected TEXT_OR_IMAGE=WEIGHT, e.g. 'a cat=0.3' or photo.png=0.7")
-        try:
-            value = float(weight)
-        except ValueError:
-            raise UserError(f"bad --mix weight {weight!r} in {item!r}: not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise UserError(f"bad --mix weight {weight!r} in {item!r}: must be finite")
-        if Path(what).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
-            from .files import load_image
-
-            load_image(what)  # unreadable mix image: fail before loading any model
-        mix.append((what, value))
-    return mix
-
-
 @app.command("prior")
+@options.command(options.in_scope(options.PRIOR) + PRIOR_ENGINE_OPTIONS, aliases=PRIOR_ALIASES)
 def prior_command(
-    prompt: Annotated[Optional[str], typer.Argument(metavar="PROMPT", show_default=False,
-                                                    help="Text prompt (optional with --mix).")] = None,
-    negative_prompt: Annotated[Optional[str], typer.Option(
-        "--negative-prompt", metavar="TEXT", show_default=False,
-        help="Negative prompt (diffusers semantics: the prior also returns its embedding as the negative).")] = None,
-    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Prior (UnCLIP) steps, >= 2.")] = 25,
-    guidance: Annotated[float, typer.Option("--guidance", metavar="G", help="Classifier-free guidance (> 1 on).")]
-    = 4.0,
-    num_images: Annotated[int, typer.Option("--num-images", metavar="N", help="Embeddings per prompt.")] = 1,
-    seed: SeedOption = None,
-    mix: Annotated[Optional[List[str]], typer.Option(
-        "--mix", metavar="TEXT_OR_IMAGE=WEIGHT", show_default=False,
-        help="Mix prompts and images (.png/.jpg/.webp paths) with weights, as diffusers' interpolate(); "
-             "repeatable. PROMPT, if given, joins the mix with weight 1.")] = None,
-    model: Annotated[str, typer.Option("--model", metavar="ID_OR_DIR", help="Prior pipeline folder or hub id.")]
-    = "kandinsky-community/kandinsky-2-1-prior",
+    prompt_text: Annotated[Optional[str], typer.Argument(
+        metavar="PROMPT", show_default=False, help="Text prompt (or --prompt; optional with --mix).")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", metavar="DIR", help="Where to write the files.")]
     = Path("."),
     name: Annotated[str, typer.Option("--name", metavar="NAME", help="File name stem.")] = "prior",
-    dtype: DtypeOption = "float32",
-    offline: OfflineOption = False,
-    mode: ModeOption = "graph",
     json_out: JsonOption = False,
+    values: Optional[dict] = None,
 ) -> None:
     """Prompt -> CLIP image embeddings: writes NAME.image_embeds.npy, NAME.negative_image_embeds.npy, NAME.json.
 
     Example: kandinsky prior "a hat" --seed 42 --out-dir embeds
     """
-    from .core import Kandinsky, PriorRequest, write_prior_outputs
+    from .core import PriorRequest, prior_output_paths, write_prior_outputs
+    from .files import check_output_path, load_image
     from .noise import random_seed
 
-    if "/" in name or not name.strip():
+    values = dict(values or {})
+    if prompt_text is not None:
+        if values.get("prompt") is not None:
+            raise UserError("give the prompt once: as PROMPT or as --prompt, not both")
+        values["prompt"] = options.check_value("prompt", prompt_text, "PROMPT")
+    if "/" in name or not name.strip() or "\0" in name:
         raise UserError(f"bad --name {name!r}: a file name stem without '/'")
-    request = PriorRequest(prompt, negative_prompt, steps, guidance, num_images,
-                           seed if seed is not None else random_seed(), _parse_mix(mix or []))
-    request.validate()
-    engine = Kandinsky(prior_model=model, dtype=dtype, offline=offline, mode=mode)
+    for path in prior_output_paths(out_dir, name).values():
+        check_output_path(path)
+    job = {k: v for k, v in values.items() if k in options.PRIOR_KEYS and v is not None}
+    request = PriorRequest({**job, "seed": job.get("seed", random_seed())})
+    for what, _ in request.mix:
+        if Path(what).suffix.lower() in options.IMAGE_SUFFIXES:
+            load_image(what)  # an unreadable mix image fails before any model loads
+    engine = _engine(values)
     with _StepProgress() as progress:
         emb, neg = engine.run_prior(request, progress)
-    parameters = {"command": "prior", "prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
-                  "guidance_scale": guidance, "num_images": num_images, "seed": request.seed,
-                  "noise": "numpy.default_rng", "mix": [list(m) for m in request.mix], "model": model,
-                  "dtype": dtype, "version": __version__}
+    parameters = {"tool": TOOL_NAME, "version": __version__, "command": "prior", **request.parameters(),
+                  "noise": "numpy.default_rng", "prior_model": engine.prior_model, "dtype": engine.dtype_name,
+                  "mode": engine.mode}
     paths = write_prior_outputs(out_dir, name, emb, neg, parameters)
     if json_out:
-        _print_json({**paths, "seed": request.seed, "shape": list(emb.shape)})
+        _print_json({**paths, "seed": request.seed, "shape": list(emb.shape), "parameters": parameters})
     else:
         stdout.print(f"seed {request.seed}; embeddings {emb.shape[0]}x{emb.shape[1]}")
         for path in paths.values():
@@ -336,65 +301,26 @@ def prior_command(
 
 
 @app.command("inpaint")
+@options.command(INPAINT_OPTIONS + ENGINE_OPTIONS)
 def inpaint_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", show_default=False, help="Input image (PNG/JPEG/WebP).")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="TEXT", show_default=False,
-                                        help="What to paint into the masked area.")],
-    mask_rect: MaskRectOption = None,
-    mask: MaskFileOption = None,
-    invert_mask: InvertMaskOption = False,
-    grow: GrowOption = 0,
-    feather: FeatherOption = 0,
-    negative_prompt: Annotated[Optional[str], typer.Option(
-        "--negative-prompt", metavar="TEXT", show_default=False, help="What to avoid (both stages).")] = None,
-    image_embeds: Annotated[Optional[Path], typer.Option(
-        "--image-embeds", metavar="F.npy", show_default=False,
-        help="Image embeddings from `kandinsky prior` (skips the prior).")] = None,
-    negative_image_embeds: Annotated[Optional[Path], typer.Option(
-        "--negative-image-embeds", metavar="F.npy", show_default=False,
-        help="Negative image embeddings from `kandinsky prior`.")] = None,
-    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Decoder (DDIM) steps.")] = 100,
-    guidance: Annotated[float, typer.Option("--guidance", metavar="G", help="Decoder guidance (> 1 on).")] = 4.0,
-    prior_steps: Annotated[int, typer.Option("--prior-steps", metavar="N", help="Prior steps, >= 2.")] = 25,
-    prior_guidance: Annotated[float, typer.Option("--prior-guidance", metavar="G", help="Prior guidance.")] = 4.0,
-    height: Annotated[int, typer.Option("--height", metavar="H", help="Working height (multiple of 64).")] = 768,
-    width: Annotated[int, typer.Option("--width", metavar="W", help="Working width (multiple of 64).")] = 768,
-    num_images: Annotated[int, typer.Option("--num-images", metavar="N", help="Images to generate.")] = 1,
-    seed: SeedOption = None,
-    dtype: DtypeOption = "float32",
-    prior_model: PriorModelOption = "kandinsky-community/kandinsky-2-1-prior",
-    decoder_model: DecoderModelOption = "kandinsky-community/kandinsky-2-1-inpaint",
-    offline: OfflineOption = False,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", metavar="PATH", show_default=False,
-        help="Output PNG; several images: PATH-1.png ... PATH-N.png. Default: IMAGE-inpainted.png here.")] = None,
-    paste_back: Annotated[bool, typer.Option(
-        "--paste-back/--no-paste-back",
-        help="Resize the result to the input's size and keep every pixel outside the (grown, feathered) mask "
-             "from the input, bit for bit. --no-paste-back writes the raw model output at the working size.")]
-    = True,
-    save_grid: Annotated[bool, typer.Option("--save-grid", help="Also write PATH-grid.png: input | mask | outputs.")]
-    = False,
-    mode: ModeOption = "graph",
     json_out: JsonOption = False,
+    values: Optional[dict] = None,
 ) -> None:
     """Repaint the masked area of IMAGE from a prompt (runs the prior first unless embeddings are given).
 
     Example: kandinsky inpaint cat.png --mask-rect 0:250,250:518 --prompt "a hat"
     """
-    from .core import InpaintRequest, Kandinsky
-    from .masks import MaskSpec
+    from .core import InpaintRequest
 
-    spec = MaskSpec.from_options(mask, mask_rect, invert_mask, grow, feather)
-    request = InpaintRequest(
-        image=image, mask=spec, prompt=prompt, negative_prompt=negative_prompt, image_embeds=image_embeds,
-        negative_image_embeds=negative_image_embeds, steps=steps, guidance_scale=guidance, prior_steps=prior_steps,
-        prior_guidance_scale=prior_guidance, height=height, width=width, num_images=num_images, seed=seed,
-        out=out if out is not None else Path(f"{image.stem}-inpainted.png"), paste_back=paste_back,
-        save_grid=save_grid)
-    request.validate()
-    engine = Kandinsky(prior_model=prior_model, decoder_model=decoder_model, dtype=dtype, offline=offline, mode=mode)
-    engine.release_prior_after_use = True   # one request: free the prior before the decoder loads
+    values = dict(values or {})
+    job = _given({k: values.get(k) for k in options.JOB_KEYS})
+    job["image"] = Path(options.check_value("image", str(image), "IMAGE"))
+    job.setdefault("out", Path(f"{image.stem}-inpainted.png"))
+    if "prompt" not in job:
+        raise UserError("missing option '--prompt' (what to paint)")
+    request = InpaintRequest(job)
+    engine = _engine(values)
     with _StepProgress() as progress:
         result = engine.inpaint(request, progress)
     written = [str(p) for p in result.outputs] + ([str(result.grid)] if result.grid else [])
@@ -408,6 +334,8 @@ def inpaint_command(
 
 
 @app.command("batch")
+@options.command(FOLDER_OPTIONS + ENGINE_OPTIONS,
+                 panels={o.key: ("Folder mode", "Folder mode: ") for o in FOLDER_OPTIONS})
 def batch_command(
     jobs_file: Annotated[Optional[Path], typer.Argument(
         metavar="JOBS.yaml", show_default=False,
@@ -436,55 +364,8 @@ def batch_command(
         "--masks", metavar="DIR", show_default=False, rich_help_panel="Folder mode",
         help="Folder mode: the mask of each image is the file of DIR with the image's stem (.png/.jpg/.jpeg/"
              ".webp/.npy); an image without one fails, the others run.")] = None,
-    mask: Annotated[Optional[Path], typer.Option(
-        "--mask", metavar="FILE", show_default=False, rich_help_panel="Folder mode",
-        help="Folder mode: one mask file for every image (resized to each image if needed).")] = None,
-    mask_rect: Annotated[Optional[List[str]], typer.Option(
-        "--mask-rect", metavar="ROWS,COLS", show_default=False, rich_help_panel="Folder mode",
-        help="Folder mode: rectangle(s) to repaint on every image (see `kandinsky inpaint`); repeatable, "
-             "combined with --mask/--masks by union.")] = None,
-    prompt: Annotated[Optional[str], typer.Option(
-        "--prompt", "-p", metavar="TEXT", show_default=False, rich_help_panel="Folder mode",
-        help="Folder mode: what to paint.")] = None,
-    negative_prompt: Annotated[Optional[str], typer.Option(
-        "--negative-prompt", metavar="TEXT", show_default=False, rich_help_panel="Folder mode",
-        help="Folder mode: what to avoid.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", metavar="N", show_default=False,
-                                                 rich_help_panel="Folder mode", help="Decoder steps [100].")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", metavar="G", show_default=False,
-                                                      rich_help_panel="Folder mode", help="Decoder guidance [4.0].")]
-    = None,
-    prior_steps: Annotated[Optional[int], typer.Option("--prior-steps", metavar="N", show_default=False,
-                                                       rich_help_panel="Folder mode", help="Prior steps [25].")]
-    = None,
-    prior_guidance: Annotated[Optional[float], typer.Option(
-        "--prior-guidance", metavar="G", show_default=False, rich_help_panel="Folder mode",
-        help="Prior guidance [4.0].")] = None,
-    height: Annotated[Optional[int], typer.Option("--height", metavar="H", show_default=False,
-                                                  rich_help_panel="Folder mode", help="Working height [768].")]
-    = None,
-    width: Annotated[Optional[int], typer.Option("--width", metavar="W", show_default=False,
-                                                 rich_help_panel="Folder mode", help="Working width [768].")] = None,
-    num_images: Annotated[Optional[int], typer.Option("--num-images", metavar="N", show_default=False,
-                                                      rich_help_panel="Folder mode", help="Images per input [1].")]
-    = None,
-    seed: Annotated[Optional[int], typer.Option(
-        "--seed", metavar="N", show_default=False, rich_help_panel="Folder mode",
-        help="Folder mode: the same seed for every image; default: derived from --base-seed and the index.")]
-    = None,
-    grow: Annotated[Optional[int], typer.Option("--grow", metavar="N", show_default=False,
-                                                rich_help_panel="Folder mode", help="Dilate the mask by N pixels.")]
-    = None,
-    feather: Annotated[Optional[int], typer.Option("--feather", metavar="N", show_default=False,
-                                                   rich_help_panel="Folder mode",
-                                                   help="Blend back over N pixels.")] = None,
-    invert_mask: Annotated[bool, typer.Option("--invert-mask", rich_help_panel="Folder mode",
-                                              help="Folder mode: flip the mask.")] = False,
-    dtype: DtypeOption = "float32",
-    prior_model: PriorModelOption = "kandinsky-community/kandinsky-2-1-prior",
-    decoder_model: DecoderModelOption = "kandinsky-community/kandinsky-2-1-inpaint",
-    offline: OfflineOption = False,
     json_out: JsonOption = False,
+    values: Optional[dict] = None,
 ) -> None:
     """Run many inpainting jobs with the models loaded once: a YAML batch file, or a folder of images.
 
@@ -495,28 +376,26 @@ def batch_command(
     Examples: kandinsky batch jobs.yaml --check;  kandinsky batch jobs.yaml;
     kandinsky batch --images photos --masks masks --prompt "a hat" --out-dir out
     """
-    from .batch import is_msrun_scheduler, parse_shard
+    from .batch import MANIFEST_NAME, is_msrun_scheduler, parse_shard
+    from .files import check_output_dir
 
     if shard is not None and shard.strip().lower() == "auto" and is_msrun_scheduler():
         # msrun runs the command once more as its scheduler process: the workers do the jobs.
         stderr.print("msrun scheduler process (MS_ROLE=MS_SCHED): the workers run the jobs; nothing to do here")
         return
-    folder_values = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
-                     "guidance_scale": guidance, "prior_steps": prior_steps, "prior_guidance_scale": prior_guidance,
-                     "height": height, "width": width, "num_images": num_images, "seed": seed, "grow": grow,
-                     "feather": feather, "mask": str(mask) if mask is not None else None,
-                     "mask_rects": list(mask_rect) if mask_rect else None, "invert_mask": invert_mask or None}
-    given = [name for name, value in folder_values.items() if value is not None] + (["masks"] if masks else [])
+    values = dict(values or {})
+    folder_values = {o.key: values.pop(o.key) for o in FOLDER_OPTIONS}
+    given = [key for key, value in folder_values.items() if value is not None] + (["masks"] if masks else [])
     if jobs_file is not None and images is not None:
         raise UserError("give a batch file JOBS.yaml or --images DIR (folder mode), not both")
     if jobs_file is None and images is None:
         raise UserError("give a batch file (kandinsky batch JOBS.yaml) or a folder of images (--images DIR ...)")
     shard_spec = parse_shard(shard)
+    if out_dir is not None:
+        check_output_dir(out_dir)
     if jobs_file is not None:
         if given:
-            from .batchfile import OPTION_NAMES
-
-            names = ", ".join(OPTION_NAMES.get(name, "--" + name) for name in given)
+            names = ", ".join(options.flag_of(key) if key in options.BY_KEY else "--" + key for key in given)
             raise UserError(f"{names}: job options are for folder mode (--images DIR); in a batch file give the "
                             f"job keys under 'defaults:' or per job")
         from .batchfile import load_batch
@@ -531,16 +410,13 @@ def batch_command(
 
         jobs = folder_jobs(images, folder_values, out_dir, masks=masks)  # type: ignore[arg-type]
         manifest_dir, title = out_dir, f"--images {images}"
-    from .batch import MANIFEST_NAME
-
     manifest_path = Path(manifest_dir).absolute() / MANIFEST_NAME
     mine = shard_spec.select(jobs)
     if check:
         _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite)
         return
     code = _run_batch(title, mine, len(jobs), shard_spec, manifest_path, base_seed, overwrite, json_out,
-                      engine_options={"prior_model": prior_model, "decoder_model": decoder_model, "dtype": dtype,
-                                      "offline": offline})
+                      _engine(values))
     if code:
         raise typer.Exit(code)
 
@@ -628,16 +504,13 @@ class _BatchProgress:
 
 
 def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifest_path: Path, base_seed: int,
-               overwrite: bool, json_out: bool, engine_options: dict) -> int:
+               overwrite: bool, json_out: bool, engine: Any) -> int:
     """Run this shard's jobs; print the summary (table, or JSON with --json). Returns the exit code: 0, 1 when
     a job failed, 130 when interrupted."""
     import time
 
     from .batch import BatchRunner, Interrupts, Manifest, counts
-    from .core import Kandinsky
 
-    engine = Kandinsky(**engine_options)
-    engine.release_prior_after_use = True   # the runner makes every embedding first, then frees the prior
     started = time.perf_counter()
     interrupted = False
     with Interrupts() as interrupts, _BatchProgress() as progress:

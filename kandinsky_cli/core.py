@@ -1,48 +1,32 @@
-"""The thin core behind the CLI: loads each stage once, runs prior and inpaint requests, writes outputs.
+"""The thin core behind the CLI: the requests, and the engine that loads each stage once and runs them.
 
-No command-line parsing here (cli.py does that) and no network math (the pipelines do that). Everything a
-request needs is checked before any model is loaded, so bad input fails fast with a UserError.
+No command-line parsing here (cli.py does that) and no network math (the pipelines do that). A request holds the
+values of the options defined in options.py; :meth:`Kandinsky.inpaint` runs one the way the pipeline reads:
+prepare (read and check every input, before any model loads) -> embeddings (given files, or the prior) -> decode
+-> compose (paste back) -> write. The batch runner calls the same steps.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-from . import __version__, model_io
+from . import __version__, model_io, options
 from .errors import UserError
-from .files import load_image, numbered_paths, save_json, save_npy, save_png
+from .files import check_output_path, load_image, numbered_paths, save_json, save_npy, save_png
 from .masks import MaskSpec, mask_to_image
+from .memory import check_decoder_fits
 from .noise import random_seed
-
-DTYPES = ("float32", "float16")
-MODES = ("graph", "pynative")
+from .options import Settings
 
 # progress(stage, step, total): stage is "prior" or "decoder"
 Progress = Optional[Callable[[str, int, int], None]]
-
-
-def check_size(height: int, width: int, multiple: int = 64) -> None:
-    for name, value in (("height", height), ("width", width)):
-        if value <= 0 or value % multiple:
-            lower = max(multiple, value // multiple * multiple)
-            raise UserError(f"bad {name} {value}: must be a positive multiple of {multiple} "
-                            f"(nearest valid: {lower} or {lower + multiple})" if value > multiple else
-                            f"bad {name} {value}: must be a positive multiple of {multiple} (e.g. {multiple})")
-
-
-def check_steps(steps: int, what: str, minimum: int = 1) -> None:
-    if steps < minimum:
-        raise UserError(f"bad {what} {steps}: must be at least {minimum}")
-
-
-def check_guidance(guidance: float, what: str) -> None:
-    if not np.isfinite(guidance) or guidance < 0:
-        raise UserError(f"bad {what} {guidance}: must be a number >= 0")
+Embeddings = Tuple[np.ndarray, np.ndarray]
 
 
 def load_embeddings(path: Path, what: str) -> np.ndarray:
@@ -70,58 +54,71 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-@dataclass
-class PriorRequest:
-    prompt: Optional[str]
-    negative_prompt: Optional[str] = None
-    steps: int = 25
-    guidance_scale: float = 4.0
-    num_images: int = 1
-    seed: Optional[int] = None
-    mix: List[Tuple[str, float]] = field(default_factory=list)   # (text or image path, weight)
+# ------------------------------------------------------------------------------------------ requests
 
-    def validate(self) -> None:
-        check_steps(self.steps, "prior steps", 2)
-        check_guidance(self.guidance_scale, "prior guidance")
-        check_steps(self.num_images, "number of images")
-        if not self.mix and not (self.prompt or self.prompt == ""):
-            raise UserError("no prompt given")
+class PriorRequest(Settings):
+    """Stage 1: prompt (and/or a mix of prompts and images) -> image embeddings."""
+
+    KEYS = options.PRIOR_KEYS
+
+    def __init__(self, values):
+        super().__init__({"prompt": None, **values})
+        if not self.mix and self.prompt is None:
+            raise UserError("no prompt given: give PROMPT (or --prompt), or --mix")
+
+    def cache_key(self) -> tuple:
+        return tuple(sorted(self.values().items()))
 
 
-@dataclass
-class InpaintRequest:
-    image: Path
-    mask: MaskSpec
-    prompt: str
-    negative_prompt: Optional[str] = None
-    image_embeds: Optional[Path] = None
-    negative_image_embeds: Optional[Path] = None
-    steps: int = 100
-    guidance_scale: float = 4.0
-    prior_steps: int = 25
-    prior_guidance_scale: float = 4.0
-    height: int = 768
-    width: int = 768
-    num_images: int = 1
-    seed: Optional[int] = None
-    out: Path = Path("inpainted.png")
-    paste_back: bool = True
-    save_grid: bool = False
+class InpaintRequest(Settings):
+    """Stage 2 (and stage 1 when no embeddings are given): one inpainting job, every option of options.JOB_KEYS."""
 
-    def validate(self) -> None:
-        check_size(self.height, self.width)
-        check_steps(self.steps, "steps")
-        check_guidance(self.guidance_scale, "guidance")
-        check_steps(self.prior_steps, "prior steps", 2)
-        check_guidance(self.prior_guidance_scale, "prior guidance")
-        check_steps(self.num_images, "number of images")
+    KEYS = options.JOB_KEYS
+
+    def __init__(self, values):
+        super().__init__(values)
         if (self.image_embeds is None) != (self.negative_image_embeds is None):
             raise UserError("--image-embeds and --negative-image-embeds go together: give both or neither")
-        if Path(self.out).suffix.lower() != ".png":
-            raise UserError(f"cannot write {self.out}: inpainting outputs are PNG (name must end in .png)")
+        if self.mask is None and not self.mask_rects:
+            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
+        if self.out is None:
+            raise UserError("no output file given (--out)")
 
-    def grid_path(self) -> Path:
-        return Path(self.out).with_name(f"{Path(self.out).stem}-grid.png")
+    @property
+    def uses_prior(self) -> bool:
+        """False when the job brings its own image embeddings."""
+        return self.image_embeds is None
+
+    @property
+    def outputs(self) -> List[Path]:
+        """The files this request writes: ``out``, or ``<stem>-1.png`` ... ``<stem>-N.png`` for several images."""
+        return numbered_paths(self.out, self.num_images)
+
+    @property
+    def grid_path(self) -> Optional[Path]:
+        out = Path(self.out)
+        return out.with_name(f"{out.stem}-grid.png") if self.save_grid else None
+
+    def mask_spec(self) -> MaskSpec:
+        return MaskSpec(path=self.mask, rects=self.mask_rects, invert=self.invert_mask, grow=self.grow,
+                        feather=self.feather)
+
+    def prior_request(self, seed: int) -> PriorRequest:
+        return PriorRequest({"prompt": self.prompt, "negative_prompt": self.negative_prompt,
+                             "prior_steps": self.prior_steps, "prior_guidance_scale": self.prior_guidance_scale,
+                             "num_images": self.num_images, "seed": seed})
+
+
+@dataclass
+class Prepared:
+    """A request with its inputs read and checked: what the model stages need."""
+
+    request: InpaintRequest
+    image: Image.Image
+    mask: np.ndarray               # bool (H, W), True = repaint: the hard mask the model sees
+    seed: int
+    embeddings: Optional[Embeddings] = None   # from --image-embeds files; None: the prior makes them
+    timings: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,26 +130,26 @@ class InpaintResult:
     timings: Dict[str, float]
 
 
-class Kandinsky:
-    """Both stages, each loaded on first use and kept for every later request of the process."""
+# ------------------------------------------------------------------------------------------ the engine
 
-    def __init__(self, prior_model: str = model_io.DEFAULT_PRIOR, decoder_model: str = model_io.DEFAULT_DECODER,
+class Kandinsky:
+    """Both stages, each loaded on first use.
+
+    Memory policy: the prior (~1.5 B parameters at real size) is freed once the embeddings a decoder run needs are
+    made, before the decoder loads, so the two are never resident together. MindSpore never frees a compiled
+    network's parameters, so a prior that will be freed runs eagerly; the ``prior`` command keeps it compiled.
+    """
+
+    def __init__(self, prior_model: str = options.DEFAULT_PRIOR, decoder_model: str = options.DEFAULT_DECODER,
                  dtype: str = "float32", offline: bool = False, mode: str = "graph"):
-        if dtype not in DTYPES:
-            raise UserError(f"bad dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        if mode not in MODES:
-            raise UserError(f"bad mode {mode!r}: use graph (compiled, the default) or pynative (eager, for debugging)")
-        self.mode = mode
-        self.prior_model, self.decoder_model = prior_model, decoder_model
-        self.dtype_name, self.offline = dtype, offline
+        self.dtype_name = options.check_value("dtype", dtype, "--dtype")
+        self.mode = options.check_value("mode", mode, "--mode")
+        self.prior_model, self.decoder_model, self.offline = prior_model, decoder_model, offline
         self._prior = self._decoder = None
+        self._prior_mode: Optional[str] = None
         self._roots: Dict[str, Path] = {}
-        # Free the prior (~1.5 B parameters at real size) once its embeddings are made, before the decoder
-        # loads. MindSpore keeps a compiled network's parameters alive for the whole process, so such a prior
-        # runs eagerly (pynative): measured at real size, unloading it then returns ~2.7 GB, compiled none.
-        self.release_prior_after_use = False
         self.counters = {"prior_loads": 0, "decoder_loads": 0, "prior_runs": 0, "decoder_runs": 0}
-        self._embedding_cache: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
+        self._embedding_cache: Dict[tuple, Embeddings] = {}
 
     def counter_snapshot(self) -> Dict[str, int]:
         """Loads and runs so far, with the decoder's text encoder loads (it is freed after each use)."""
@@ -172,28 +169,29 @@ class Kandinsky:
             self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline)
         return self._roots[stage]
 
-    def embedding_widths(self) -> Tuple[int, int]:
-        """(prior embedding width, decoder image-embedding width), from the configs alone."""
+    def check_embedding_widths(self) -> None:
+        """The prior's embeddings must have the width the decoder expects (from the configs alone)."""
         prior = model_io.read_config(self.root("prior") / "prior")
         unet = model_io.read_config(self.root("decoder") / "unet")
-        return int(prior.get("clip_embed_dim") or prior.get("embedding_dim", 768)), int(unet["cross_attention_dim"])
+        width_p = int(prior.get("clip_embed_dim") or prior.get("embedding_dim", 768))
+        width_d = int(unet["cross_attention_dim"])
+        if width_p != width_d:
+            raise UserError(f"the prior {self.prior_model} makes {width_p}-wide embeddings but the decoder "
+                            f"{self.decoder_model} expects {width_d}: the checkpoints do not match")
 
-    def unload_prior(self) -> None:
-        """Drop the prior's networks (they are reloaded on next use)."""
-        import gc
-
-        self._prior = None
-        gc.collect()
-
-    @property
-    def prior(self):
+    def _load_prior(self, mode: str):
         if self._prior is None:
             from .prior_pipeline import PriorPipeline
 
-            mode = "pynative" if self.release_prior_after_use else self.mode
             self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode)
+            self._prior_mode = mode
             self.counters["prior_loads"] += 1
         return self._prior
+
+    def unload_prior(self) -> None:
+        """Drop the prior's networks (they are reloaded on next use)."""
+        self._prior = None
+        gc.collect()
 
     @property
     def decoder(self):
@@ -204,36 +202,28 @@ class Kandinsky:
             self.counters["decoder_loads"] += 1
         return self._decoder
 
-    def encode_texts(self, texts: List[str]) -> None:
-        """Encode (and cache) every text coming decoder runs need with one load of the text encoder, which is
-        then freed again."""
-        decoder = self.decoder
-        with decoder.holding_text_encoder():
-            decoder.encode_text(list(texts))
-
     # -- stage 1 ------------------------------------------------------------------------------------------
-    def run_prior(self, req: PriorRequest, progress: Progress = None) -> Tuple[np.ndarray, np.ndarray]:
-        """(image_embeds, negative_image_embeds), float32 (N, E); cached per distinct request."""
+    def run_prior(self, req: PriorRequest, progress: Progress = None, keep: bool = True) -> Embeddings:
+        """(image_embeds, negative_image_embeds), float32 (N, E); cached per distinct request with a seed.
+        ``keep``: the prior stays loaded (compiled per the engine's mode); otherwise it runs eagerly."""
         from .noise import Noise
 
-        req.validate()
-        key = (req.prompt, req.negative_prompt, req.steps, req.guidance_scale, req.num_images, req.seed,
-               tuple(req.mix))
+        key = req.cache_key()
         if req.seed is not None and key in self._embedding_cache:
             return self._embedding_cache[key]
+        prior = self._load_prior(self.mode if keep else "pynative")
         step = (lambda i, n: progress("prior", i, n)) if progress else None
         noise = Noise(req.seed if req.seed is not None else random_seed())
+        common = dict(num_inference_steps=req.prior_steps, guidance_scale=req.prior_guidance_scale, noise=noise,
+                      callback=step)
         if req.mix:
             items, weights = self._mix_items(req)
-            emb, neg = self.prior.interpolate(items, weights, num_images_per_prompt=req.num_images,
-                                              num_inference_steps=req.steps, noise=noise,
-                                              negative_prior_prompt=req.negative_prompt,
-                                              guidance_scale=req.guidance_scale, callback=step)
+            emb, neg = prior.interpolate(items, weights, num_images_per_prompt=req.num_images,
+                                         negative_prior_prompt=req.negative_prompt, **common)
             emb = np.repeat(emb, neg.shape[0], axis=0)
         else:
-            emb, neg = self.prior(req.prompt, negative_prompt=req.negative_prompt,
-                                  num_images_per_prompt=req.num_images, num_inference_steps=req.steps,
-                                  guidance_scale=req.guidance_scale, noise=noise, callback=step)
+            emb, neg = prior(req.prompt, negative_prompt=req.negative_prompt, num_images_per_prompt=req.num_images,
+                             **common)
         self.counters["prior_runs"] += 1
         result = (emb.astype(np.float32), neg.astype(np.float32))
         if req.seed is not None:
@@ -247,44 +237,75 @@ class Kandinsky:
             items.append(req.prompt)
             weights.append(1.0)
         for what, weight in req.mix:
-            path = Path(what)
-            items.append(load_image(path) if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else what)
+            is_image = Path(what).suffix.lower() in options.IMAGE_SUFFIXES
+            items.append(load_image(what) if is_image else what)
             weights.append(weight)
         return items, weights
 
-    # -- stage 2 ------------------------------------------------------------------------------------------
-    def inpaint(self, req: InpaintRequest, progress: Progress = None, write: bool = True) -> InpaintResult:
-        from .grid import make_image_grid
-        from .masks import paste_back
+    def make_embeddings(self, requests: Sequence[PriorRequest], progress: Progress = None) -> None:
+        """Run the prior for every request not cached yet, then free it: the decoder runs that follow find the
+        embeddings in the cache and the prior's memory is back before the decoder loads."""
+        todo = [r for r in requests if r.cache_key() not in self._embedding_cache]
+        if not todo:
+            return
+        self.check_embedding_widths()
+        try:
+            for req in todo:
+                self.run_prior(req, progress, keep=False)
+        finally:
+            self.unload_prior()
+
+    # -- stage 2, step by step ----------------------------------------------------------------------------
+    def prepare(self, req: InpaintRequest) -> Prepared:
+        """Read and check every input of a request and its output locations; no model is loaded."""
+        for path in req.outputs + ([req.grid_path] if req.grid_path else []):
+            check_output_path(path)
+        image = load_image(req.image)
+        mask = req.mask_spec().build((image.height, image.width))
+        embeddings = None
+        if not req.uses_prior:
+            embeddings = (load_embeddings(req.image_embeds, "image embeddings"),
+                          load_embeddings(req.negative_image_embeds, "negative image embeddings"))
+        rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
+        check_decoder_fits(self.root("decoder"), req.height, req.width, rows, self.dtype_name)
+        seed = req.seed if req.seed is not None else random_seed()
+        return Prepared(req, image, mask, seed, embeddings)
+
+    def embeddings(self, job: Prepared, progress: Progress = None) -> Embeddings:
+        """The job's embeddings: its files, or the prior's (made now, or earlier by :meth:`make_embeddings`)."""
+        if job.embeddings is not None:
+            return job.embeddings
+        t0 = time.perf_counter()
+        prior_req = job.request.prior_request(job.seed)
+        self.make_embeddings([prior_req], progress)
+        if job.request.uses_prior and "prior_s" not in job.timings:
+            job.timings["prior_s"] = time.perf_counter() - t0
+        return self._embedding_cache[prior_req.cache_key()]
+
+    def decoder_texts(self, requests: Sequence[InpaintRequest]) -> List[str]:
+        """Every text the decoder's text encoder will encode for these requests."""
+        from .inpaint_pipeline import texts_to_encode
+
+        return [t for r in requests for t in texts_to_encode(r.prompt, r.negative_prompt, r.guidance_scale)]
+
+    def encode_texts(self, requests: Sequence[InpaintRequest]) -> None:
+        """Encode (and cache) every text the requests' decoder runs need, with one load of the text encoder, which
+        is then freed again."""
+        decoder = self.decoder
+        with decoder.holding_text_encoder():
+            decoder.encode_text(self.decoder_texts(requests))
+
+    def decode(self, job: Prepared, embeddings: Embeddings, progress: Progress = None) -> List[np.ndarray]:
+        """The decoder's images, uint8 (H, W, 3) at the working size, one per output."""
         from .noise import Noise
 
-        req.validate()
-        image = load_image(req.image)
-        mask = req.mask.build((image.height, image.width))
-        embeds = None
-        if req.image_embeds is not None:
-            embeds = (load_embeddings(req.image_embeds, "image embeddings"),
-                      load_embeddings(req.negative_image_embeds, "negative image embeddings"))
-        seed = req.seed if req.seed is not None else random_seed()
-        timings: Dict[str, float] = {}
-
-        if embeds is None:
-            width_p, width_d = self.embedding_widths()
-            if width_p != width_d:
-                raise UserError(f"the prior {self.prior_model} makes {width_p}-wide embeddings but "
-                                f"the decoder {self.decoder_model} expects {width_d}: the checkpoints do not match")
-            t0 = time.perf_counter()
-            embeds = self.run_prior(PriorRequest(req.prompt, req.negative_prompt, req.prior_steps,
-                                                 req.prior_guidance_scale, req.num_images, seed), progress)
-            timings["prior_s"] = time.perf_counter() - t0
-            if self.release_prior_after_use:
-                self.unload_prior()
+        req = job.request
         decoder = self.decoder
-        width_e = decoder.image_embed_dim
-        emb, neg = embeds
+        emb, neg = embeddings
+        width = decoder.image_embed_dim
         for arr, what in ((emb, "image embeddings"), (neg, "negative image embeddings")):
-            if arr.shape[1] != width_e:
-                raise UserError(f"{what} have width {arr.shape[1]} but the decoder expects {width_e}")
+            if arr.shape[1] != width:
+                raise UserError(f"{what} have width {arr.shape[1]} but the decoder expects {width}")
         rows = emb.shape[0]
         if neg.shape[0] not in (1, rows):
             raise UserError(f"{neg.shape[0]} negative image embeddings for {rows} image embeddings")
@@ -295,55 +316,73 @@ class Kandinsky:
         else:  # one output per embedding row, as diffusers' combined pipeline does after a prior run
             prompts, per_prompt = [req.prompt] * rows, 1
             neg = np.repeat(neg, rows // neg.shape[0], axis=0)
-        count = rows * per_prompt
-        pil_mask = mask_to_image(mask)
         step = (lambda i, n: progress("decoder", i, n)) if progress else None
         t0 = time.perf_counter()
-        images = decoder(prompts, image, pil_mask, emb, neg, negative_prompt=req.negative_prompt,
+        images = decoder(prompts, job.image, mask_to_image(job.mask), emb, neg, negative_prompt=req.negative_prompt,
                          height=req.height, width=req.width, num_inference_steps=req.steps,
                          guidance_scale=req.guidance_scale, num_images_per_prompt=per_prompt,
-                         noise=Noise(seed), callback=step)
-        timings["decoder_s"] = time.perf_counter() - t0
+                         noise=Noise(job.seed), callback=step)
+        job.timings["decoder_s"] = time.perf_counter() - t0
         self.counters["decoder_runs"] += 1
+        return [to_uint8(im) for im in images]
 
-        outputs = [to_uint8(im) for im in images]
-        if req.paste_back:
-            weights = req.mask.blend_weights(mask)
-            outputs = [paste_back(np.asarray(image), out, weights) for out in outputs]
-        parameters = self.parameters(req, seed, count, embeds_given=req.image_embeds is not None)
-        paths = numbered_paths(req.out, count)
-        grid_path = req.grid_path() if req.save_grid else None
+    def compose(self, job: Prepared, images: List[np.ndarray]) -> List[np.ndarray]:
+        """The final pixels: pasted back into the input (everything outside the grown, feathered mask is the
+        input's, bit for bit), or the raw model output with ``paste_back`` off."""
+        from .masks import paste_back
+
+        if not job.request.paste_back:
+            return images
+        weights = job.request.mask_spec().blend_weights(job.mask)
+        original = np.asarray(job.image)
+        return [paste_back(original, image, weights) for image in images]
+
+    def parameters(self, job: Prepared, count: int) -> dict:
+        """Everything needed to reproduce the outputs, for the PNG metadata and the manifest."""
+        req = job.request
+        values = req.parameters()
+        if not req.uses_prior:
+            values.update(prior_steps=None, prior_guidance_scale=None)
+        return {"tool": "kandinsky", "version": __version__, "command": "inpaint", **values, "seed": job.seed,
+                "noise": "numpy.default_rng", "num_images": count,
+                "prior_model": self.prior_model if req.uses_prior else None, "decoder_model": self.decoder_model,
+                "dtype": self.dtype_name, "mode": self.mode}
+
+    def write(self, job: Prepared, outputs: List[np.ndarray], write: bool = True) -> InpaintResult:
+        """Write the outputs (and the grid) with their parameters as PNG metadata."""
+        from .grid import make_image_grid
+
+        req = job.request
+        parameters = self.parameters(job, len(outputs))
+        paths = numbered_paths(req.out, len(outputs))
+        grid = req.grid_path
         if write:
-            for path, out, k in zip(paths, outputs, range(count)):
+            for k, (path, out) in enumerate(zip(paths, outputs)):
                 save_png(path, out, {**parameters, "index": k})
-            if grid_path is not None:
-                cells = [image, pil_mask.convert("RGB")] + [Image.fromarray(o) for o in outputs]
-                save_png(grid_path, make_image_grid(cells, rows=1), parameters)
-        return InpaintResult(paths, grid_path, seed, parameters, timings)
+            if grid is not None:
+                cells = [job.image, mask_to_image(job.mask).convert("RGB")] + [Image.fromarray(o) for o in outputs]
+                save_png(grid, make_image_grid(cells, rows=1), parameters)
+        return InpaintResult(paths, grid, job.seed, parameters, job.timings)
 
-    def parameters(self, req: InpaintRequest, seed: int, count: int, embeds_given: bool) -> dict:
-        return {
-            "tool": "kandinsky", "version": __version__, "command": "inpaint",
-            "image": str(req.image), **req.mask.parameters(), "prompt": req.prompt,
-            "negative_prompt": req.negative_prompt, "seed": seed, "noise": "numpy.default_rng",
-            "steps": req.steps, "guidance_scale": req.guidance_scale,
-            "prior_steps": None if embeds_given else req.prior_steps,
-            "prior_guidance_scale": None if embeds_given else req.prior_guidance_scale,
-            "image_embeds": str(req.image_embeds) if embeds_given else None,
-            "negative_image_embeds": str(req.negative_image_embeds) if embeds_given else None,
-            "height": req.height, "width": req.width, "num_images": count, "paste_back": req.paste_back,
-            "prior_model": None if embeds_given else self.prior_model, "decoder_model": self.decoder_model,
-            "dtype": self.dtype_name,
-        }
+    def inpaint(self, req: InpaintRequest, progress: Progress = None, write: bool = True) -> InpaintResult:
+        """One request: prepare -> embeddings -> decode -> compose -> write."""
+        job = self.prepare(req)
+        embeddings = self.embeddings(job, progress)
+        images = self.decode(job, embeddings, progress)
+        return self.write(job, self.compose(job, images), write)
 
 
 def write_prior_outputs(out_dir: Path, name: str, emb: np.ndarray, neg: np.ndarray, parameters: dict) -> dict:
     """``NAME.image_embeds.npy``, ``NAME.negative_image_embeds.npy`` and ``NAME.json``; returns the paths."""
-    out_dir = Path(out_dir)
-    paths = {"image_embeds": out_dir / f"{name}.image_embeds.npy",
-             "negative_image_embeds": out_dir / f"{name}.negative_image_embeds.npy",
-             "parameters": out_dir / f"{name}.json"}
+    paths = prior_output_paths(out_dir, name)
     save_npy(paths["image_embeds"], emb.astype(np.float32))
     save_npy(paths["negative_image_embeds"], neg.astype(np.float32))
     save_json(paths["parameters"], {**parameters, "shape": list(emb.shape)})
     return {k: str(v) for k, v in paths.items()}
+
+
+def prior_output_paths(out_dir: Path, name: str) -> Dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {"image_embeds": out_dir / f"{name}.image_embeds.npy",
+            "negative_image_embeds": out_dir / f"{name}.negative_image_embeds.npy",
+            "parameters": out_dir / f"{name}.json"}

@@ -46,6 +46,14 @@ def preprocess_mask(mask, height: int, width: int) -> np.ndarray:
     return (1.0 - mask)[None, None]
 
 
+def texts_to_encode(prompt: str, negative_prompt: Optional[str], guidance_scale: float) -> List[str]:
+    """The texts a call encodes: the prompt, and with guidance the negative prompt ("" when none is given)."""
+    texts = [prompt]
+    if guidance_scale > 1.0:
+        texts.append("" if negative_prompt is None else negative_prompt)
+    return texts
+
+
 def nearest_resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """torch ``F.interpolate(mode='nearest')`` on the last two axes: source index floor(i * in / out)."""
     rows = (np.arange(h) * a.shape[-2]) // h

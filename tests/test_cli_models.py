@@ -52,7 +52,7 @@ def case0(tmp_path_factory, golden):
 
 def test_prior_command_equals_golden_case(tmp_path, golden, cases):
     case = cases["prior_cases"][0]
-    res = ok("prior", case["prompt"], "--model", PRIOR, "--steps", case["num_inference_steps"],
+    res = ok("prior", case["prompt"], "--prior-model", PRIOR, "--steps", case["num_inference_steps"],
              "--seed", case["noise_seed"], "--out-dir", tmp_path / "e", "--name", "c0", "--json")
     summary = json.loads(res.stdout)
     assert summary["seed"] == case["noise_seed"]
@@ -62,25 +62,25 @@ def test_prior_command_equals_golden_case(tmp_path, golden, cases):
     assert_scaled(emb, golden("prior_pipeline")["case0/image_embeds"], 1e-4, "image_embeds")
     assert_scaled(neg, golden("prior_pipeline")["case0/negative_image_embeds"], 1e-4, "negative")
     params = json.loads((tmp_path / "e" / "c0.json").read_text())
-    assert params["seed"] == case["noise_seed"] and params["steps"] == case["num_inference_steps"]
+    assert params["seed"] == case["noise_seed"] and params["prior_steps"] == case["num_inference_steps"]
 
 
 def test_prior_negative_prompt_and_num_images(tmp_path, golden, cases):
     case = cases["prior_cases"][1]
-    ok("prior", case["prompt"], "--negative-prompt", case["negative_prompt"], "--model", PRIOR,
+    ok("prior", case["prompt"], "--negative-prompt", case["negative_prompt"], "--prior-model", PRIOR,
        "--steps", case["num_inference_steps"], "--seed", case["noise_seed"], "--out-dir", tmp_path)
     assert_scaled(np.load(tmp_path / "prior.image_embeds.npy"), golden("prior_pipeline")["case1/image_embeds"], 1e-4)
-    ok("prior", "a dog", "--model", PRIOR, "--steps", 3, "--num-images", 3, "--seed", 5, "--out-dir", tmp_path,
+    ok("prior", "a dog", "--prior-model", PRIOR, "--steps", 3, "--num-images", 3, "--seed", 5, "--out-dir", tmp_path,
        "--name", "three")
     assert np.load(tmp_path / "three.image_embeds.npy").shape[0] == 3
 
 
 def test_prior_random_seed_is_reported_and_mix(tmp_path, golden):
-    res = ok("prior", "a cat", "--model", PRIOR, "--steps", 2, "--out-dir", tmp_path, "--json")
+    res = ok("prior", "a cat", "--prior-model", PRIOR, "--steps", 2, "--out-dir", tmp_path, "--json")
     assert 0 <= json.loads(res.stdout)["seed"] < 2**32
     img = tmp_path / "pic.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(img)
-    ok("prior", "--mix", "a cat=0.5", "--mix", f"{img}=0.5", "--model", PRIOR, "--steps", 2, "--seed", 1,
+    ok("prior", "--mix", "a cat=0.5", "--mix", f"{img}=0.5", "--prior-model", PRIOR, "--steps", 2, "--seed", 1,
        "--out-dir", tmp_path, "--name", "mix")
     mixed = np.load(tmp_path / "mix.image_embeds.npy")
     plain = np.load(next(tmp_path.glob("prior.image_embeds.npy")))
@@ -88,15 +88,19 @@ def test_prior_random_seed_is_reported_and_mix(tmp_path, golden):
 
 
 @pytest.mark.parametrize("args,contains", [
-    (["--steps", "1"], "prior steps"),
-    (["--steps", "0"], "prior steps"),
-    (["--guidance", "-1"], "guidance"),
+    (["--steps", "1"], "--prior-steps: must be an integer from 2 to 1000, got 1"),
+    (["--prior-steps", "0"], "--prior-steps: must be an integer from 2 to 1000, got 0"),
+    (["--prior-steps", "2000"], "--prior-steps: must be an integer from 2 to 1000, got 2000"),
+    (["--guidance", "-1"], "--prior-guidance-scale: must be a number from 0 to 100, got -1"),
+    (["--prior-guidance-scale", "nan"], "--prior-guidance-scale: must be a number"),
+    (["--num-images", "100000"], "--num-images: must be an integer from 1 to 64"),
+    (["--steps", "3", "--prior-steps", "4"], "--prior-steps and --steps are the same option"),
     (["--mix", "a cat=heavy"], "weight"),
     (["--mix", "missing.png=0.5"], "missing.png"),
     (["--model", "/nonexistent/prior"], "/nonexistent/prior"),
 ])
 def test_prior_bad_input(tmp_path, args, contains):
-    base = ["prior", "a hat", "--model", PRIOR, "--out-dir", tmp_path]
+    base = ["prior", "a hat", "--prior-model", PRIOR, "--out-dir", tmp_path]
     if "--model" in args:
         base = ["prior", "a hat", "--out-dir", tmp_path]
     fail(*base, *args, contains=contains)
@@ -154,7 +158,7 @@ def test_inpaint_with_feather_and_same_seed_reproduces(tmp_path):
 
 
 def test_inpaint_accepts_prior_command_output(tmp_path, case0):
-    ok("prior", "a hat", "--model", PRIOR, "--steps", 2, "--seed", 3, "--out-dir", tmp_path, "--name", "h")
+    ok("prior", "a hat", "--prior-model", PRIOR, "--steps", 2, "--seed", 3, "--out-dir", tmp_path, "--name", "h")
     ok("inpaint", case0 / "image.png", "--mask-rect", ":32,:", "--prompt", "a hat",
        "--image-embeds", tmp_path / "h.image_embeds.npy",
        "--negative-image-embeds", tmp_path / "h.negative_image_embeds.npy", "--decoder-model", DECODER,
@@ -168,7 +172,7 @@ def test_inpaint_in_process_prior_equals_two_commands(tmp_path, case0):
               "--mask-rect", "8:40,8:40", "--prompt", "red hat"]
     ok("inpaint", case0 / "image.png", *common, "--prior-model", PRIOR, "--prior-steps", 3,
        "--out", tmp_path / "one.png")
-    ok("prior", "red hat", "--model", PRIOR, "--steps", 3, "--seed", 9, "--out-dir", tmp_path, "--name", "p")
+    ok("prior", "red hat", "--prior-model", PRIOR, "--steps", 3, "--seed", 9, "--out-dir", tmp_path, "--name", "p")
     ok("inpaint", case0 / "image.png", *common, "--image-embeds", tmp_path / "p.image_embeds.npy",
        "--negative-image-embeds", tmp_path / "p.negative_image_embeds.npy", "--out", tmp_path / "two.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one.png")),

@@ -64,7 +64,7 @@ def job_seed(job: Job, base_seed: int) -> tuple:
 
 def run_order(jobs: Sequence[Job]) -> List[Job]:
     """The jobs sorted stably by working size (height, width): jobs of one size run one after another."""
-    return sorted(jobs, key=lambda job: (job.height, job.width))
+    return sorted(jobs, key=lambda job: (job.height or 0, job.width or 0, job.resolution))
 
 
 def outputs_exist(job: Job) -> bool:

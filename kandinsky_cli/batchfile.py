@@ -29,11 +29,12 @@ import numpy as np
 import yaml
 
 from . import options
-from .core import InpaintRequest
+from .core import InpaintRequest, canvas_and_mask, make_plan
 from .errors import UserError
 from .files import PathLike, load_image
 from .masks import SizeHW, load_mask_file, rect_mask
 from .options import JOB_KEYS, describe as _describe
+from .region import Plan
 
 TOP_LEVEL_KEYS = ("defaults", "jobs")
 INPUT_PATH_KEYS = ("image", "mask", "image_embeds", "negative_image_embeds")
@@ -88,8 +89,8 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
     for key in JOB_KEYS:
         if options.BY_KEY[key].required and key not in values:
             raise UserError(f"{where}: missing required key {key!r}")
-    if values.get("mask") is None and not values.get("mask_rects"):
-        raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint)")
+    if values.get("mask") is None and not values.get("mask_rects") and values.get("extend") is None:
+        raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint), or 'extend'")
     if (values.get("image_embeds") is None) != (values.get("negative_image_embeds") is None):
         given = "image_embeds" if values.get("image_embeds") is not None else "negative_image_embeds"
         missing = "negative_image_embeds" if given == "image_embeds" else "image_embeds"
@@ -184,10 +185,11 @@ def _absolute(path: Optional[PathLike]) -> Optional[Path]:
     return None if path is None else Path(os.path.abspath(Path(path).expanduser()))
 
 
-def check_job_inputs(job: Job) -> SizeHW:
+def check_job_inputs(job: Job) -> Tuple[SizeHW, Plan]:
     """Open the job's inputs as the run will: the image, the mask at its size, the embeddings.
 
-    Returns the image size ``(height, width)``; a UserError names the job and the key at fault.
+    Returns the image size ``(height, width)`` and the run's plan (working size, region box); a UserError names the
+    job and the key at fault.
     """
     def fail(key: str, error: UserError) -> UserError:
         return UserError(f"{job.where}.{key}: {error}")
@@ -213,7 +215,7 @@ def check_job_inputs(job: Job) -> SizeHW:
             raise fail("mask", e) from None
     if job.invert_mask:
         mask = ~mask
-    if not mask.any():
+    if not mask.any() and job.extend is None:
         key = "invert_mask" if job.invert_mask else "mask"
         raise UserError(f"{job.where}.{key}: the mask selects no pixel: nothing to repaint")
     for key in ("image_embeds", "negative_image_embeds"):
@@ -226,7 +228,12 @@ def check_job_inputs(job: Job) -> SizeHW:
             if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.floating):
                 raise UserError(f"{job.where}.{key}: {path} holds a {array.dtype} array of shape {array.shape}; "
                                 f"expected float embeddings of shape (dim,) or (n, dim)")
-    return size
+    try:
+        canvas, final_mask, _ = canvas_and_mask(job.request)
+        plan = make_plan(job.request, canvas.size, final_mask)
+    except UserError as e:
+        raise fail("region" if job.region == "mask" else "extend" if job.extend else "mask", e) from None
+    return size, plan
 
 
 # ------------------------------------------------------------------------------------------ folder mode

@@ -156,14 +156,19 @@ def mask_command(
     size: Annotated[Optional[str], typer.Option(
         "--size", metavar="WxH", show_default=False,
         help="Mask size WIDTHxHEIGHT, e.g. 768x512 (when no IMAGE is given).")] = None,
+    json_out: JsonOption = False,
     values: Optional[dict] = None,
 ) -> None:
-    """Write the exact mask that inpainting would use, for inspection.
+    """Write the exact mask that inpainting would use (on the extended canvas with --extend), and print the working
+    size and the region box the model will see.
 
     Example: kandinsky mask --size 768x768 --mask-rect 0:250,250:518 --out mask.png
     """
+    import numpy as np
+
     from .files import load_image
     from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_mask
+    from .region import plan as region_plan
 
     values = {**_defaults_of(MASK_OPTIONS), **_given(values or {})}
     check_mask_output(out)
@@ -171,20 +176,38 @@ def mask_command(
         raise UserError("give either IMAGE or --size, not both: the mask has the size of the image")
     if image is None and size is None:
         raise UserError("the mask needs a size: give an IMAGE or --size WIDTHxHEIGHT (e.g. --size 768x768)")
-    spec = MaskSpec(path=values["mask"], rects=values["mask_rects"], invert=values["invert_mask"],
-                    grow=values["grow"])
+    extend = values["extend"]
+    given_mask = values["mask"] is not None or bool(values["mask_rects"])
+    if not given_mask and extend is None:
+        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend")
     if image is not None:
         loaded = load_image(image)
         size_hw = (loaded.height, loaded.width)
     else:
         size_hw = parse_size(size)  # type: ignore[arg-type]
-    hard = spec.build(size_hw)
+    if (values["height"] is None) != (values["width"] is None):
+        raise UserError("--height and --width go together: give both or neither")
+    spec = None
+    hard = np.zeros(size_hw, dtype=bool)
+    if given_mask:
+        spec = MaskSpec(path=values["mask"], rects=values["mask_rects"], invert=values["invert_mask"],
+                        grow=values["grow"], feather=values["feather"])
+        hard = spec.build(size_hw)
+    if extend is not None:
+        hard = extend.pad(hard, True)
+    plan = region_plan(hard.shape[::-1], hard, values["region"], values["region_padding"], values["resolution"],
+                       values["height"], values["width"], feather=values["feather"], extend=extend)
     params = {"command": "mask", "image": str(image) if image is not None else None,
-              "size": format_size(size_hw), **spec.parameters()}
+              "size": format_size(hard.shape), **(spec.parameters() if spec else {}), **plan.parameters()}
     save_mask(out, hard, params)
-    share = 100.0 * hard.mean()
-    stdout.print(f"wrote {escape(str(out))}: {format_size(size_hw)}, {int(hard.sum())} pixels to repaint "
-                 f"({share:.1f}%)")
+    pixels = int(hard.sum())
+    if json_out:
+        _print_json({"out": str(out), "size": list(hard.shape[::-1]), "pixels": pixels, **plan.parameters()})
+        return
+    width, height = plan.working_size
+    stdout.print(f"wrote {escape(str(out))}: {format_size(hard.shape)}, {pixels} pixels to repaint "
+                 f"({100.0 * hard.mean():.1f}%); working size {width}x{height}, region {plan.region} "
+                 f"box {list(plan.region_box)}")
 
 
 def _defaults_of(opts) -> dict:
@@ -426,9 +449,9 @@ def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_
     from .batch import job_seed, outputs_exist
     from .batchfile import check_job_inputs
 
-    sizes = [check_job_inputs(job) for job in mine]
-    plan = [(job, size, job_seed(job, base_seed), not overwrite and outputs_exist(job))
-            for job, size in zip(mine, sizes)]
+    inputs = [check_job_inputs(job) for job in mine]
+    plan = [(job, size, run_plan, job_seed(job, base_seed), not overwrite and outputs_exist(job))
+            for job, (size, run_plan) in zip(mine, inputs)]
     part = f" (shard {shard.label}: {len(mine)} of {len(jobs)})" if shard.size > 1 else ""
     stdout.print(_plan_table(title + part, plan))
     skip = sum(1 for *_, skipped in plan if skipped)
@@ -564,14 +587,16 @@ def _plan_table(title: str, plan: List[Any]) -> Table:
     table = Table(title=f"{escape(title)}: {len(plan)} job(s)", show_lines=True)
     for column in ("job", "image", "mask", "prompt", "outputs", "settings"):
         table.add_column(column, overflow="fold")
-    for job, size, (seed, seed_source), skipped in plan:
+    for job, size, run_plan, (seed, seed_source), skipped in plan:
         prompt = escape(job.prompt)
         if job.negative_prompt:
             prompt += f"\n[dim]negative: {escape(job.negative_prompt)}[/dim]"
         mask = ([_show(job.mask)] if job.mask is not None else []) + list(job.mask_rects) \
             + (["inverted"] if job.invert_mask else []) + ([f"grow {job.grow}"] if job.grow else []) \
             + ([f"feather {job.feather}"] if job.feather else [])
-        settings = [f"{job.width}x{job.height}", f"{job.steps} steps, cfg {job.guidance_scale:g}",
+        width, height = run_plan.working_size
+        where = "" if run_plan.region == "full" else f", region {list(run_plan.region_box)}"
+        settings = [f"{width}x{height}{where}", f"{job.steps} steps, cfg {job.guidance_scale:g}",
                     f"seed {seed}" + (" (derived)" if seed_source == "derived" else ""),
                     f"prior {job.prior_steps} steps, cfg {job.prior_guidance_scale:g}" if job.uses_prior
                     else f"embeds {_show(job.image_embeds)}"]

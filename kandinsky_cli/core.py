@@ -23,6 +23,7 @@ from .masks import MaskSpec, mask_to_image
 from .memory import check_decoder_fits
 from .noise import random_seed
 from .options import Settings
+from .region import Plan, plan as region_plan
 
 # progress(stage, step, total): stage is "prior" or "decoder"
 Progress = Optional[Callable[[str, int, int], None]]
@@ -79,10 +80,16 @@ class InpaintRequest(Settings):
         super().__init__(values)
         if (self.image_embeds is None) != (self.negative_image_embeds is None):
             raise UserError("--image-embeds and --negative-image-embeds go together: give both or neither")
-        if self.mask is None and not self.mask_rects:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
+        if (self.height is None) != (self.width is None):
+            raise UserError("--height and --width go together: give both or neither (without them the working "
+                            "size follows --resolution)")
         if self.out is None:
             raise UserError("no output file given (--out)")
+
+    @property
+    def has_mask(self) -> bool:
+        """A mask file or rectangles were given (with --extend alone the margins are the mask)."""
+        return self.mask is not None or bool(self.mask_rects)
 
     @property
     def uses_prior(self) -> bool:
@@ -114,9 +121,11 @@ class Prepared:
     """A request with its inputs read and checked: what the model stages need."""
 
     request: InpaintRequest
-    image: Image.Image
-    mask: np.ndarray               # bool (H, W), True = repaint: the hard mask the model sees
+    image: Image.Image             # the canvas: the input image, extended by --extend
+    mask: np.ndarray               # bool (H, W) of the canvas, True = repaint: the hard mask the model sees
     seed: int
+    plan: Plan                     # working size and region box
+    blend: np.ndarray              # float (H, W) paste-back weights: the user's feathered mask, margins 1
     embeddings: Optional[Embeddings] = None   # from --image-embeds files; None: the prior makes them
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -258,18 +267,22 @@ class Kandinsky:
     # -- stage 2, step by step ----------------------------------------------------------------------------
     def prepare(self, req: InpaintRequest) -> Prepared:
         """Read and check every input of a request and its output locations; no model is loaded."""
+        if not req.has_mask and req.extend is None:
+            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend "
+                            "to outpaint")
         for path in req.outputs + ([req.grid_path] if req.grid_path else []):
             check_output_path(path)
-        image = load_image(req.image)
-        mask = req.mask_spec().build((image.height, image.width))
+        image, mask, blend = canvas_and_mask(req)
+        plan = make_plan(req, image.size, mask)
         embeddings = None
         if not req.uses_prior:
             embeddings = (load_embeddings(req.image_embeds, "image embeddings"),
                           load_embeddings(req.negative_image_embeds, "negative image embeddings"))
         rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
-        check_decoder_fits(self.root("decoder"), req.height, req.width, rows, self.dtype_name)
+        width, height = plan.working_size
+        check_decoder_fits(self.root("decoder"), height, width, rows, self.dtype_name)
         seed = req.seed if req.seed is not None else random_seed()
-        return Prepared(req, image, mask, seed, embeddings)
+        return Prepared(req, image, mask, seed, plan, blend, embeddings)
 
     def embeddings(self, job: Prepared, progress: Progress = None) -> Embeddings:
         """The job's embeddings: its files, or the prior's (made now, or earlier by :meth:`make_embeddings`)."""
@@ -317,9 +330,11 @@ class Kandinsky:
             prompts, per_prompt = [req.prompt] * rows, 1
             neg = np.repeat(neg, rows // neg.shape[0], axis=0)
         step = (lambda i, n: progress("decoder", i, n)) if progress else None
+        image, mask = job.plan.crop(job.image, job.mask)
+        width, height = job.plan.working_size
         t0 = time.perf_counter()
-        images = decoder(prompts, job.image, mask_to_image(job.mask), emb, neg, negative_prompt=req.negative_prompt,
-                         height=req.height, width=req.width, num_inference_steps=req.steps,
+        images = decoder(prompts, image, mask_to_image(mask), emb, neg, negative_prompt=req.negative_prompt,
+                         height=height, width=width, num_inference_steps=req.steps,
                          guidance_scale=req.guidance_scale, num_images_per_prompt=per_prompt,
                          noise=Noise(job.seed), callback=step)
         job.timings["decoder_s"] = time.perf_counter() - t0
@@ -327,15 +342,12 @@ class Kandinsky:
         return [to_uint8(im) for im in images]
 
     def compose(self, job: Prepared, images: List[np.ndarray]) -> List[np.ndarray]:
-        """The final pixels: pasted back into the input (everything outside the grown, feathered mask is the
-        input's, bit for bit), or the raw model output with ``paste_back`` off."""
-        from .masks import paste_back
-
+        """The final pixels: pasted back into the canvas (everything outside the grown, feathered mask and outside
+        the region box is the input's, bit for bit), or the raw model output with ``paste_back`` off."""
         if not job.request.paste_back:
             return images
-        weights = job.request.mask_spec().blend_weights(job.mask)
-        original = np.asarray(job.image)
-        return [paste_back(original, image, weights) for image in images]
+        canvas = np.asarray(job.image)
+        return [job.plan.compose(canvas, image, job.blend) for image in images]
 
     def parameters(self, job: Prepared, count: int) -> dict:
         """Everything needed to reproduce the outputs, for the PNG metadata and the manifest."""
@@ -343,8 +355,8 @@ class Kandinsky:
         values = req.parameters()
         if not req.uses_prior:
             values.update(prior_steps=None, prior_guidance_scale=None)
-        return {"tool": "kandinsky", "version": __version__, "command": "inpaint", **values, "seed": job.seed,
-                "noise": "numpy.default_rng", "num_images": count,
+        return {"tool": "kandinsky", "version": __version__, "command": "inpaint", **values, **job.plan.parameters(),
+                "seed": job.seed, "noise": "numpy.default_rng", "num_images": count,
                 "prior_model": self.prior_model if req.uses_prior else None, "decoder_model": self.decoder_model,
                 "dtype": self.dtype_name, "mode": self.mode}
 
@@ -370,6 +382,28 @@ class Kandinsky:
         embeddings = self.embeddings(job, progress)
         images = self.decode(job, embeddings, progress)
         return self.write(job, self.compose(job, images), write)
+
+
+def canvas_and_mask(req: InpaintRequest) -> Tuple[Image.Image, np.ndarray, np.ndarray]:
+    """(canvas, hard mask, paste-back weights) of a request: the input image with its mask, extended by --extend (the
+    margins join the mask and paste back whole; the original pixels blend as the user's feathered mask says)."""
+    from .masks import feather_weights
+    from .region import extend_canvas
+
+    image = load_image(req.image)
+    size_hw = (image.height, image.width)
+    mask = req.mask_spec().build(size_hw) if req.has_mask else np.zeros(size_hw, dtype=bool)
+    blend = feather_weights(mask, req.feather) if req.has_mask else np.zeros(size_hw, dtype=np.float32)
+    if req.extend is None:
+        return image, mask, blend
+    canvas, mask = extend_canvas(image, mask if req.has_mask else None, req.extend, req.extend_fill)
+    return canvas, mask, req.extend.pad(blend, 1.0)
+
+
+def make_plan(req: InpaintRequest, canvas_size: Tuple[int, int], mask: np.ndarray) -> Plan:
+    """Working size and region box of a request on its canvas."""
+    return region_plan(canvas_size, mask, req.region, req.region_padding, req.resolution, req.height, req.width,
+                       feather=req.feather, extend=req.extend)
 
 
 def write_prior_outputs(out_dir: Path, name: str, emb: np.ndarray, neg: np.ndarray, parameters: dict) -> dict:

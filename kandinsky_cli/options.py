@@ -171,6 +171,18 @@ def mix_items(value: Any) -> Tuple[Tuple[str, float], ...]:
     return tuple(items)
 
 
+def extend_margins(value: Any):
+    """``"top=N,right=N,bottom=N,left=N"`` (any subset) or the same as a mapping -> :class:`region.Extend`."""
+    from .region import Extend, parse_extend
+
+    if isinstance(value, Extend):
+        return value
+    try:
+        return parse_extend(value)
+    except UserError as e:
+        raise Invalid(str(e)) from None
+
+
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def check_optional(value: Any) -> Any:
         return None if value is None else check(value)
@@ -206,6 +218,7 @@ class Option:
     negatable: bool = False              # --paste-back/--no-paste-back
     flag_name: Optional[str] = None      # the flag, when it is not the key with dashes
     argument: bool = False               # a positional argument on the command line (named by its metavar)
+    default_doc: Optional[str] = None    # how the docs show the default, when not the value itself
 
     @property
     def flag(self) -> str:
@@ -224,6 +237,8 @@ class Option:
         """The default as the README and ``--help`` show it."""
         if self.required:
             return "required"
+        if self.default_doc is not None:
+            return self.default_doc
         if self.default is None or self.default == ():
             return ""
         if isinstance(self.default, bool):
@@ -251,6 +266,8 @@ def _scopes(*names: str) -> FrozenSet[str]:
 
 
 DTYPES = ("float32", "float16")
+REGIONS = ("full", "mask")
+EXTEND_FILLS = ("edge", "blur", "mean", "noise")
 MODES = ("graph", "pynative")
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
@@ -278,7 +295,7 @@ OPTIONS: Tuple[Option, ...] = (
            _scopes(JOB, FOLDER, MASK), int, "N"),
     Option("feather", integer(0), 0,
            "Blend the result into the original over N pixels outside the repaint area (the model still sees the "
-           "hard mask); farther pixels stay the original, bit for bit.", _scopes(JOB, FOLDER), int, "N"),
+           "hard mask); farther pixels stay the original, bit for bit.", _scopes(JOB, FOLDER, MASK), int, "N"),
     # -- the prior
     Option("image_embeds", optional(path((".npy",))), None,
            "Image embeddings from `kandinsky prior` (skips the prior; with --negative-image-embeds).",
@@ -296,10 +313,29 @@ OPTIONS: Tuple[Option, ...] = (
     Option("steps", integer(1, 1000), 100, "Decoder (DDIM) steps.", _scopes(JOB, FOLDER), int, "N"),
     Option("guidance_scale", number(0.0, 100.0), 4.0, "Decoder classifier-free guidance (> 1 turns it on).",
            _scopes(JOB, FOLDER), float, "G", aliases=("--guidance",)),
-    Option("height", integer(64, 4096, multiple=64), 768, "Working height: the input is resized to it.",
-           _scopes(JOB, FOLDER), int, "H"),
-    Option("width", integer(64, 4096, multiple=64), 768, "Working width: the input is resized to it.",
-           _scopes(JOB, FOLDER), int, "W"),
+    Option("resolution", integer(64, 4096), 768,
+           "Without --height/--width, the working size keeps the aspect ratio of what is inpainted (the image, or "
+           "the region) with an area close to R x R, both sides multiples of 64 (a square input: R x R).",
+           _scopes(JOB, FOLDER, MASK), int, "R"),
+    Option("height", optional(integer(64, 4096, multiple=64)), None,
+           "Working height (with --width): what is inpainted is resized to exactly this size.",
+           _scopes(JOB, FOLDER, MASK), int, "H", default_doc="from --resolution"),
+    Option("width", optional(integer(64, 4096, multiple=64)), None,
+           "Working width (with --height).", _scopes(JOB, FOLDER, MASK), int, "W", default_doc="from --resolution"),
+    Option("region", choice(REGIONS), "full",
+           "full: inpaint the whole image at the working size; mask: only the box around the mask (plus "
+           "--region-padding, widened to the working aspect ratio), so a small mask on a large photo is repainted at "
+           "the model's full resolution; pixels outside the box stay the input's, bit for bit.",
+           _scopes(JOB, FOLDER, MASK), str, "|".join(REGIONS)),
+    Option("region_padding", integer(0, 16384), 32, "Pixels of context around the mask's box with --region mask.",
+           _scopes(JOB, FOLDER, MASK), int, "N"),
+    Option("extend", optional(extend_margins), None,
+           "Outpainting: grow the canvas by these margins in pixels (top=N,right=N,bottom=N,left=N, any subset); the "
+           "new area is added to the mask (on its own it is the mask) and the output has the extended size.",
+           _scopes(JOB, FOLDER, MASK), str, "SIDE=N,..."),
+    Option("extend_fill", choice(EXTEND_FILLS), "edge",
+           "What the new margin starts from: edge (replicate the nearest edge pixel), blur (that, blurred), mean (the "
+           "image's mean colour) or noise.", _scopes(JOB, FOLDER), str, "|".join(EXTEND_FILLS)),
     Option("num_images", integer(1, 64), 1, "Images to generate (OUT-1.png ... OUT-N.png).",
            _scopes(JOB, FOLDER, PRIOR), int, "N"),
     Option("seed", optional(integer(0, SEED_MAX)), None,
@@ -410,6 +446,8 @@ class Settings:
     def parameters(self) -> Dict[str, Any]:
         """The values as JSON-able metadata (paths as strings, tuples as lists)."""
         def plain(v: Any) -> Any:
+            if hasattr(v, "as_dict"):
+                return v.as_dict()
             return str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
         return {k: plain(v) for k, v in self._values.items()}
 

@@ -40,12 +40,11 @@ from PIL import Image, ImageFilter
 
 from .errors import UserError
 from .masks import MAX_SIDE, paste_back
+from .options import EXTEND_FILLS as FILLS, REGIONS
 
 SizeWH = Tuple[int, int]
 Box = Tuple[int, int, int, int]
 
-REGIONS = ("full", "mask")
-FILLS = ("edge", "blur", "mean", "noise")
 SIDES = ("top", "right", "bottom", "left")
 DEFAULT_RESOLUTION = 768
 DEFAULT_PADDING = 32

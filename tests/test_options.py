@@ -93,9 +93,13 @@ def test_metadata_records_every_job_key(tmp_path):
     request = InpaintRequest({"image": tmp_path / "in.png", "prompt": "a hat", "mask_rects": ("0:2,0:2",),
                               "out": tmp_path / "o.png"})
     engine = Kandinsky(prior_model="p", decoder_model="d")
-    job = Prepared(request, Image.new("RGB", (4, 4)), np.ones((4, 4), bool), seed=5)
+    from kandinsky_cli.region import plan
+
+    mask = np.ones((4, 4), bool)
+    job = Prepared(request, Image.new("RGB", (4, 4)), mask, 5, plan((4, 4), mask), mask.astype(np.float32))
     params = engine.parameters(job, 1)
     assert set(options.JOB_KEYS) <= set(params)
+    assert {"working_size", "region", "region_box", "extend"} <= set(params)
     assert params["seed"] == 5 and params["steps"] == options.BY_KEY["steps"].default
     assert {"prior_model", "decoder_model", "dtype", "mode", "tool", "version"} <= set(params)
 

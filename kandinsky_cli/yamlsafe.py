@@ -18,7 +18,7 @@ The checks run while PyYAML's pure-Python ``SafeLoader`` composes the document, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, NoReturn, Optional
+from typing import Any, Dict, NoReturn, Optional, Tuple, Union
 
 import yaml
 
@@ -44,62 +44,61 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def __init__(self, text: str, name: str) -> None:
         super().__init__(text)
-        self.name = name
-        self.aliases = 0
-        self.nodes = 0                                      # composed so far, aliases expanded
-        self.depth = 0
-        self.expanded_sizes: Dict[str, int] = {}            # anchor -> nodes of its node, aliases expanded
-        self.keys_seen: Dict[yaml.MappingNode, Dict[Any, int]] = {}  # mapping -> key -> line
+        self._file = name
+        self._aliases = 0
+        self._nodes = 0                                      # composed so far, aliases expanded
+        self._depth = 0
+        self._expanded_sizes: Dict[str, int] = {}            # anchor -> nodes of its node, aliases expanded
+        self._keys_seen: Dict[yaml.MappingNode, Dict[Any, int]] = {}  # mapping -> key -> line
 
-    def refuse(self, mark: Optional[yaml.Mark], problem: str) -> NoReturn:
-        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-        raise UserError(f"{self.name}:{at} {problem}")
+    def _refuse(self, mark: yaml.Mark, problem: str) -> NoReturn:
+        raise UserError(f"{self._file}: line {mark.line + 1}, column {mark.column + 1}: {problem}")
 
     def compose_node(self, parent: Optional[yaml.Node], index: Any) -> yaml.Node:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
-            self.count_alias(event)
+            self._count_alias(event)
             node = super().compose_node(parent, index)
         else:
-            node = self.compose_counted(event, parent, index)
+            node = self._compose_checked(event, parent, index)
         if isinstance(parent, yaml.MappingNode) and index is None:  # PyYAML composes a key with index None
-            self.check_new_key(parent, node)
+            self._check_new_key(parent, node)
         return node
 
-    def compose_counted(self, event: yaml.Event, parent: Optional[yaml.Node], index: Any) -> yaml.Node:
+    def _compose_checked(self, event: yaml.Event, parent: Optional[yaml.Node], index: Any) -> yaml.Node:
         """Compose a node that is not an alias: no tag, within the depth and node limits."""
         if event.tag is not None:
             tag = event.tag.replace(_STANDARD_TAG_PREFIX, "!!", 1)
             raise yaml.composer.ComposerError(None, None, f"tag {tag} is not allowed (only plain values, "
                                               f"lists and mappings)", event.start_mark)
-        self.add_nodes(1, event.start_mark)
+        self._add_nodes(1, event.start_mark)
         nested = isinstance(event, yaml.CollectionStartEvent)
         if nested:
-            self.depth += 1
-            if self.depth > MAX_DEPTH:
-                self.refuse(event.start_mark, f"lists and mappings nested deeper than {MAX_DEPTH} levels")
-        before = self.nodes
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                self._refuse(event.start_mark, f"lists and mappings nested deeper than {MAX_DEPTH} levels")
+        before = self._nodes
         node = super().compose_node(parent, index)
         if nested:
-            self.depth -= 1
-            self.keys_seen.pop(node, None)
+            self._depth -= 1
+            self._keys_seen.pop(node, None)
         if event.anchor is not None:
-            self.expanded_sizes[event.anchor] = 1 + self.nodes - before
+            self._expanded_sizes[event.anchor] = 1 + self._nodes - before
         return node
 
-    def count_alias(self, event: yaml.AliasEvent) -> None:
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
         """An alias adds the expanded size of the node it names; an alias to an open node makes a cycle."""
-        self.aliases += 1
-        if self.aliases > MAX_ALIASES:
-            self.refuse(event.start_mark, f"more than {MAX_ALIASES} aliases (*name)")
-        if event.anchor in self.anchors and event.anchor not in self.expanded_sizes:
-            self.refuse(event.start_mark, f"alias *{event.anchor} refers to a node that contains it")
-        self.add_nodes(self.expanded_sizes.get(event.anchor, 0), event.start_mark)
+        self._aliases += 1
+        if self._aliases > MAX_ALIASES:
+            self._refuse(event.start_mark, f"more than {MAX_ALIASES} aliases (*name)")
+        if event.anchor in self.anchors and event.anchor not in self._expanded_sizes:
+            self._refuse(event.start_mark, f"alias *{event.anchor} refers to a node that contains it")
+        self._add_nodes(self._expanded_sizes.get(event.anchor, 0), event.start_mark)
 
-    def add_nodes(self, count: int, mark: yaml.Mark) -> None:
-        self.nodes += count
-        if self.nodes > MAX_NODES:
-            self.refuse(mark, f"more than {MAX_NODES} values when its aliases (*name) are expanded")
+    def _add_nodes(self, count: int, mark: yaml.Mark) -> None:
+        self._nodes += count
+        if self._nodes > MAX_NODES:
+            self._refuse(mark, f"more than {MAX_NODES} values when its aliases (*name) are expanded")
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """PyYAML's, with its ValueErrors (a date like 2001-13-45, an int of 5000 digits) located."""
@@ -109,16 +108,23 @@ class _BoundedLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.value!r}: {e}",
                                                     node.start_mark) from None
 
-    def check_new_key(self, mapping: yaml.MappingNode, key_node: yaml.Node) -> None:
+    def _check_new_key(self, mapping: yaml.MappingNode, key_node: yaml.Node) -> None:
         """Refuse a key already seen in ``mapping`` (compared as constructed values, like a dict does)."""
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-            return  # '<<' merges are allowed to repeat keys; other keys are scalars in practice
+            return  # a list or mapping as a key is refused by the constructor; '<<' merges may repeat keys
         key = key_node.value if key_node.tag == _VALUE_TAG else self.construct_object(key_node)
-        seen = self.keys_seen.setdefault(mapping, {})
+        seen = self._keys_seen.setdefault(mapping, {})
         line = key_node.start_mark.line + 1
         if key in seen:
-            raise UserError(f"{self.name}: line {line}: duplicate key {key!r} (first at line {seen[key]})")
+            raise UserError(f"{self._file}: line {line}: duplicate key {key!r} (first at line {seen[key]})")
         seen[key] = line
+
+
+def _line_and_column(text: Union[str, bytes], offset: int) -> Tuple[int, int]:
+    """1-based line and column of ``text[offset]``."""
+    newline = b"\n" if isinstance(text, bytes) else "\n"
+    line_start = text.rfind(newline, 0, offset) + 1
+    return text.count(newline, 0, offset) + 1, offset - line_start + 1
 
 
 def _read_bounded(path: Path, what: str) -> str:
@@ -138,8 +144,7 @@ def _read_bounded(path: Path, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        line, column = _line_and_column(data, e.start)
         raise UserError(f"cannot read {what} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line "
                         f"{line}, column {column})") from None
 
@@ -150,8 +155,7 @@ def _syntax_error(path: Path, text: str, error: yaml.YAMLError) -> UserError:
     if mark is not None:
         line, column = mark.line + 1, mark.column + 1
     elif isinstance(error, yaml.reader.ReaderError):  # a forbidden character: only its offset is known
-        line = text.count("\n", 0, error.position) + 1
-        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        line, column = _line_and_column(text, error.position)
     else:
         line = None
     at = f" at line {line}, column {column}" if line is not None else ""

@@ -29,10 +29,11 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy import ndimage
 
 from .errors import UserError
 from .files import ImageLike, PathLike, open_image, save_npy, save_png, to_pil
@@ -197,56 +198,102 @@ def load_mask_file(path: PathLike, size_hw: SizeHW) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ grow / feather
 
+def _squared_radius(radius: float, shape: SizeHW) -> int:
+    """The largest squared integer offset ``dx^2 + dy^2`` within Euclidean ``radius``: ``floor(radius^2)``.
+
+    The radius is capped at the image diagonal first (beyond it nothing changes).
+    """
+    radius = min(float(radius), math.hypot(*shape))
+    return int(radius * radius) if radius > 0 else 0
+
+
+def _fills_image(mask: np.ndarray, r2: int) -> bool:
+    """True if every pixel lies within ``sqrt(r2)`` of some set pixel, judged from one set pixel alone.
+
+    The farthest pixel from a point of a rectangle is one of its corners; if all four corners are within
+    reach of one set pixel, so is every pixel. Saves the distance transform for radii as large as the image.
+    """
+    y, x = np.unravel_index(np.argmax(mask), mask.shape)
+    far_y, far_x = max(y, mask.shape[0] - 1 - y), max(x, mask.shape[1] - 1 - x)
+    return int(far_y) ** 2 + int(far_x) ** 2 <= r2
+
+
+def _bounding_window(mask: np.ndarray, margin: int) -> Tuple[slice, slice]:
+    """The rows and columns of the set pixels' bounding box grown by ``margin``, clipped to the image."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    height, width = mask.shape
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, height)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, width)))
+
+
+def _squared_distances(mask: np.ndarray) -> np.ndarray:
+    """The exact squared Euclidean distance (integers) from every pixel to the nearest set pixel.
+
+    SciPy's exact distance transform gives the nearest set pixel's coordinates; the squared distance is
+    computed from them in integers, so that comparing it with ``floor(radius^2)`` has no rounding.
+    """
+    nearest = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+    dtype = np.int32 if max(mask.shape) <= 32767 else np.int64  # 2 * 32767^2 < 2^31
+    # in int32 these are views into SciPy's index array, reused in place to bound the memory
+    rows, cols = (axis.astype(dtype, copy=False) for axis in nearest)
+    rows -= np.arange(mask.shape[0], dtype=dtype)[:, None]
+    cols -= np.arange(mask.shape[1], dtype=dtype)[None, :]
+    np.square(rows, out=rows)
+    np.square(cols, out=cols)
+    rows += cols
+    return rows
+
+
+def _within(mask: np.ndarray, radii: Sequence[float]) -> List[np.ndarray]:
+    """For each radius, the pixels within Euclidean distance ``radius`` of a set pixel of ``mask``.
+
+    One distance transform serves every radius. A radius that reaches every pixel of the image needs
+    none; for the others it runs on the set pixels' bounding box grown by the largest of them, which
+    holds every pixel that can be in reach.
+    """
+    r2s = [_squared_radius(radius, mask.shape) for radius in radii]
+    if not mask.any():
+        return [mask.copy() for _ in r2s]
+    fills = [_fills_image(mask, r2) for r2 in r2s]
+    if all(fills):
+        return [np.ones_like(mask) for _ in r2s]
+    window = _bounding_window(mask, math.isqrt(max(r2 for r2, full in zip(r2s, fills) if not full)))
+    distances = _squared_distances(mask[window])
+    grown = []
+    for r2, full in zip(r2s, fills):
+        out = np.ones_like(mask) if full else np.zeros_like(mask)
+        if not full:
+            out[window] = distances <= r2
+        grown.append(out)
+    return grown
+
+
 def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     """Grow a boolean mask by a disc: a pixel is set if some set pixel lies within Euclidean ``radius``.
 
-    Vectorised: for each row offset ``dy`` the disc is a horizontal run of half-width
-    ``isqrt(r^2 - dy^2)``, found for all pixels at once from row-wise prefix sums, then shifted up and
-    down by ``dy``. Cost is O(radius * H * W) on the mask's bounding box grown by the radius; the radius
-    is capped at the image diagonal, beyond which nothing changes.
+    Exact (integer offsets with ``dx^2 + dy^2 <= radius^2``) and, through a distance transform, at a
+    cost that does not depend on the radius.
     """
-    mask = np.asarray(mask, dtype=bool)
-    height, width = mask.shape
-    radius = min(float(radius), math.hypot(height, width))
-    if radius < 1 or not mask.any():
-        return mask.copy()
-    r2 = int(radius * radius)  # integer offsets: dx^2 + dy^2 <= radius^2  <=>  ... <= floor(radius^2)
-    reach = math.isqrt(r2)
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    top, bottom = max(rows[0] - reach, 0), min(rows[-1] + reach + 1, height)
-    left, right = max(cols[0] - reach, 0), min(cols[-1] + reach + 1, width)
-    box = mask[top:bottom, left:right]
-    h, w = box.shape
-    # prefix[:, reach + x] = set pixels of the row left of column x; padded by `reach` on both sides
-    prefix = np.zeros((h, w + 1 + 2 * reach), dtype=np.int32)
-    np.cumsum(box, axis=1, out=prefix[:, reach + 1:reach + 1 + w])
-    prefix[:, reach + 1 + w:] = prefix[:, reach + w:reach + w + 1]
-    grown = np.zeros_like(box)
-    for dy in range(min(reach, h - 1) + 1):
-        half = math.isqrt(r2 - dy * dy)
-        run = prefix[:, reach + half + 1:reach + half + 1 + w] > prefix[:, reach - half:reach - half + w]
-        grown[dy:] |= run[:h - dy]        # a set pixel within `half` columns, dy rows up
-        grown[:h - dy] |= run[dy:]        # ... or dy rows down
-    out = np.zeros_like(mask)
-    out[top:bottom, left:right] = grown
-    return out
+    return _within(np.asarray(mask, dtype=bool), [radius])[0]
 
 
 def feather_weights(mask: np.ndarray, feather: float) -> np.ndarray:
     """Blend weights (float32 (H, W) in [0, 1]) for pasting the generated image back.
 
-    ``feather == 0``: the hard mask as 0/1. Otherwise the mask is grown by ``feather / 2`` and blurred
-    with a Gaussian of sigma ``feather / 6`` (Pillow), so the weight ramps from ~1 at the mask's edge to
-    ~0 at ``feather`` pixels from it; then the weight is forced to exactly 1 on the mask and exactly 0
-    farther than ``feather`` pixels from it.
+    ``feather == 0``: the hard mask as 0/1. Otherwise (``feather`` capped at the image diagonal) the mask
+    is grown by ``feather / 2`` and blurred with a Gaussian of sigma ``feather / 6`` (Pillow), so the
+    weight ramps from ~1 at the mask's edge to ~0 at ``feather`` pixels from it; then the weight is forced
+    to exactly 1 on the mask and exactly 0 farther than ``feather`` pixels from it. The cost does not
+    depend on ``feather``: one distance transform (see :func:`dilate`) and Pillow's box-blur Gaussian.
     """
     mask = np.asarray(mask, dtype=bool)
     if feather <= 0:
         return mask.astype(np.float32)
     feather = min(float(feather), math.hypot(*mask.shape))
-    core = Image.fromarray(dilate(mask, feather / 2).astype(np.uint8) * 255, "L")
-    blurred = np.asarray(core.filter(ImageFilter.GaussianBlur(feather / 6)), dtype=np.float32) / 255.0
-    weights = np.where(dilate(mask, feather), blurred, 0.0).astype(np.float32)
+    core, reach = _within(mask, [feather / 2, feather])
+    core_image = Image.fromarray(core.view(np.uint8) * 255, "L")
+    weights = np.asarray(core_image.filter(ImageFilter.GaussianBlur(feather / 6)), dtype=np.float32) / 255.0
+    weights[~reach] = 0.0
     weights[mask] = 1.0
     return weights
 

@@ -1,12 +1,13 @@
 """kandinsky_cli.masks: rectangles against numpy slicing, mask files, invert/grow/feather, paste_back."""
 import math
+import time
 import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from kandinsky_cli.errors import UserError
 from kandinsky_cli.masks import (MaskSpec, MaskWarning, build_mask, dilate, feather_weights, format_size,
@@ -331,6 +332,37 @@ def test_grow_huge_is_capped_and_fills():
     assert mask.all()
 
 
+def _best_time(function, *args, repeat=3):
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = function(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def test_grow_cost_does_not_depend_on_the_radius():
+    """Two opposite corners of 1024x1024 grown by 10 and by 1000 (neither reaching every pixel): the large
+    radius costs about the same (a method costing O(radius * H * W), one pass per row offset, is ~100x
+    slower for it)."""
+    mask = np.zeros((1024, 1024), bool)
+    mask[0, 0] = mask[-1, -1] = True
+    small, _ = _best_time(dilate, mask, 10)
+    large, grown = _best_time(dilate, mask, 1000)
+    assert large < 4 * small + 0.1, f"radius 1000: {large:.3f} s, radius 10: {small:.3f} s"
+    yy, xx = np.mgrid[:1024, :1024]
+    np.testing.assert_array_equal(grown, (yy ** 2 + xx ** 2 <= 1000 ** 2)
+                                  | ((1023 - yy) ** 2 + (1023 - xx) ** 2 <= 1000 ** 2))
+
+
+def test_grow_on_a_very_long_side():
+    """Squared distances beyond 2**31 (pixels 46341 or more from the mask) must not wrap around."""
+    mask = np.zeros((1, 100001), bool)
+    mask[0, [0, -1]] = True
+    x = np.arange(100001)
+    np.testing.assert_array_equal(dilate(mask, 10)[0], (x <= 10) | (x >= 100000 - 10))
+
+
 # ------------------------------------------------------------------------------------------ feather / paste
 
 def test_feather_zero_is_the_hard_mask():
@@ -353,6 +385,25 @@ def test_feather_weights(feather):
         row = weights[30, 50:50 + feather + 2]                          # a ramp going right from the edge
         assert (np.diff(row) <= 0).all() and row[0] > 0.9 and row[-1] == 0
         assert 0.2 < weights[30, 50 + feather // 2] < 0.8
+
+
+def _reference_feather(mask, feather):
+    """feather_weights by its definition, with the brute-force disc: N capped at the image diagonal, blur of
+    the mask grown by N/2 (Pillow, sigma N/6), 0 beyond N pixels, 1 on the mask."""
+    feather = min(feather, math.hypot(*mask.shape))
+    core = Image.fromarray(_brute_dilate(mask, feather / 2).astype(np.uint8) * 255, "L")
+    blurred = np.asarray(core.filter(ImageFilter.GaussianBlur(feather / 6)), dtype=np.float32) / 255.0
+    weights = np.where(_brute_dilate(mask, feather), blurred, 0.0).astype(np.float32)
+    weights[mask] = 1.0
+    return weights
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 24), w=st.integers(1, 24), feather=st.integers(1, 40), seed=st.integers(0, 2**16),
+       density=st.sampled_from([0.01, 0.05, 0.3]))
+def test_feather_is_its_definition(h, w, feather, seed, density):
+    mask = np.random.default_rng(seed).random((h, w)) < density
+    np.testing.assert_array_equal(feather_weights(mask, feather), _reference_feather(mask, feather))
 
 
 def test_paste_back_is_exact_outside():

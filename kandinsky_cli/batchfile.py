@@ -1,6 +1,6 @@
 """The batch file schema, in one place: reading, validating and filling in defaults.
 
-A batch file is YAML (read with ``yaml.safe_load``) with two top-level keys::
+A batch file is YAML (``yaml.safe_load`` semantics, bounded by :mod:`.yamlsafe`) with two top-level keys::
 
     defaults:          # optional: any job key, applied to every job (a job's own value wins)
       steps: 50
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import yaml
 
 from . import options
 from .core import InpaintRequest, canvas_and_mask, make_plan
@@ -35,6 +34,7 @@ from .files import PathLike, load_image
 from .masks import SizeHW, load_mask_file, rect_mask
 from .options import JOB_KEYS, describe as _describe
 from .region import Plan
+from .yamlsafe import load_yaml_bounded
 
 TOP_LEVEL_KEYS = ("defaults", "jobs")
 INPUT_PATH_KEYS = ("image", "mask", "image_embeds", "negative_image_embeds")
@@ -128,7 +128,6 @@ def _check_outputs(jobs: List[Job]) -> None:
 def read_yaml(path: Path) -> Any:
     """``yaml.safe_load`` of a file within the bounds of :mod:`.yamlsafe` (size, aliases, depth, duplicate
     keys, no tags), with a one-line UserError for a missing file, a syntax error or a refused input."""
-    from .yamlsafe import load_yaml_bounded  # here, not at the top, only while batchfile.py is rewritten
     return load_yaml_bounded(path, "batch file")
 
 

@@ -291,7 +291,7 @@ def prior_command(
     Example: kandinsky prior "a hat" --seed 42 --out-dir embeds
     """
     from .core import PriorRequest, prior_output_paths, write_prior_outputs
-    from .files import check_output_path, load_image
+    from .files import check_writable_output, load_image
     from .noise import random_seed
 
     values = dict(values or {})
@@ -302,7 +302,7 @@ def prior_command(
     if "/" in name or not name.strip() or "\0" in name:
         raise UserError(f"bad --name {name!r}: a file name stem without '/'")
     for path in prior_output_paths(out_dir, name).values():
-        check_output_path(path)
+        check_writable_output(path)
     job = {k: v for k, v in values.items() if k in options.PRIOR_KEYS and v is not None}
     request = PriorRequest({**job, "seed": job.get("seed", random_seed())})
     for what, _ in request.mix:

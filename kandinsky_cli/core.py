@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import __version__, model_io, options
 from .errors import UserError
-from .files import check_output_path, load_image, numbered_paths, save_json, save_npy, save_png
+from .files import check_writable_output, load_image, numbered_paths, save_json, save_npy, save_png
 from .masks import MaskSpec, mask_to_image
 from .memory import check_decoder_fits
 from .noise import random_seed
@@ -271,7 +271,7 @@ class Kandinsky:
             raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend "
                             "to outpaint")
         for path in req.outputs + ([req.grid_path] if req.grid_path else []):
-            check_output_path(path)
+            check_writable_output(path)
         image, mask, blend = canvas_and_mask(req)
         plan = make_plan(req, image.size, mask)
         embeddings = None

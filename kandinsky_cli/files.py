@@ -456,23 +456,3 @@ def read_png_metadata(path: PathLike) -> Dict[str, Any]:
         text[PNG_KEY_PARAMETERS] = json.loads(text[PNG_KEY_PARAMETERS])
     return text
 
-
-def check_output_path(path: PathLike) -> None:
-    """A UserError, before any work is done, when ``path`` cannot be written as a file: it is a folder, or a part
-    of its folder is a file."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"cannot write {p}: it is a folder (give a file name)")
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot write {p}: {parent} is a file, not a folder")
-            break
-
-
-def check_output_dir(path: PathLike) -> None:
-    """A UserError, before any work is done, when ``path`` cannot be used as an output folder."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"cannot use {p} as the output folder: it is a file")
-    check_output_path(p / "_")

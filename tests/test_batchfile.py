@@ -70,7 +70,8 @@ def test_valid_file_with_defaults_and_paths(batch_dir):
     assert first.mask is None and first.mask_rects == ("0:10,0:10", ":5,-5:")
     assert first.steps == 30 and first.negative_prompt == "blurry"  # from defaults
     assert (first.guidance_scale, first.prior_steps, first.prior_guidance_scale) == (4.0, 25, 4.0)
-    assert (first.height, first.width, first.num_images, first.seed) == (768, 768, 1, None)
+    assert (first.height, first.width, first.num_images, first.seed) == (None, None, 1, None)
+    assert (first.resolution, first.region, first.region_padding, first.extend) == (768, "full", 32, None)
     assert (first.grow, first.feather, first.invert_mask) == (0, 0, False)
     assert first.out == batch_dir / "outputs" / "cat.png" and first.outputs == [first.out]
     assert first.uses_prior and first.image_embeds is None
@@ -81,7 +82,8 @@ def test_valid_file_with_defaults_and_paths(batch_dir):
     assert not second.uses_prior and second.negative_image_embeds == batch_dir / "in" / "neg.npy"
     spec = second.mask_spec()
     assert (spec.path, spec.grow, spec.feather) == (second.mask, 2, 4)
-    assert check_job_inputs(first) == (48, 64) and check_job_inputs(second) == (48, 64)
+    assert check_job_inputs(first)[0] == (48, 64) and check_job_inputs(second)[0] == (48, 64)
+    assert check_job_inputs(first)[1].working_size == (832, 640)   # 64x48 at --resolution 768, 4:3
 
 
 def test_every_key_is_documented_in_the_example():
@@ -228,4 +230,4 @@ def test_check_job_inputs_warns_on_resized_mask(batch_dir):
     Image.new("L", (32, 24), 255).save(batch_dir / "in" / "small.png")
     path = write(batch_dir, "jobs:\n  - {image: in/cat.png, prompt: x, mask: in/small.png}\n")
     with pytest.warns(UserWarning, match="32x24 but the image is 64x48"):
-        assert check_job_inputs(load_batch(path)[0]) == (48, 64)
+        assert check_job_inputs(load_batch(path)[0])[0] == (48, 64)

@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -233,13 +232,15 @@ def test_help_never_imports_mindspore():
     assert result.returncode == 0, result.stderr
 
 
-def test_help_is_fast_in_a_subprocess():
-    _python("-m", "kandinsky_cli", "--help")  # warm the file cache
-    start = time.perf_counter()
-    result = _python("-m", "kandinsky_cli", "mask", "--help")
-    elapsed = time.perf_counter() - start
+def test_help_imports_nothing_heavy():
+    # --help must stay fast: it may not import MindSpore, SciPy or the networks
+    code = ("import sys; from kandinsky_cli.cli import app\n"
+            "try:\n    app(['mask', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('mindspore', 'scipy', 'kandinsky_cli.unet', 'kandinsky_cli.core') "
+            "if m in sys.modules))")
+    result = _python("-c", code)
     assert result.returncode == 0 and "Usage" in result.stdout
-    assert elapsed < 1.5, f"kandinsky mask --help took {elapsed:.2f} s"
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -94,7 +94,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name=TOOL_NAME,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -103,7 +103,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"{TOOL_NAME} {__version__}")
+        from .system import version_line
+
+        typer.echo(version_line())   # imports MindSpore (~2 s): --version only
         raise typer.Exit()
 
 
@@ -579,6 +581,27 @@ def download_command(
         stdout.print(escape(check_line(snapshots, dtype)), soft_wrap=True)
     else:
         stdout.print(summary_table(snapshots, dtype))
+
+
+@app.command("info")
+def info_command(
+    device: Annotated[Optional[str], typer.Option(
+        "--device", metavar="cpu|gpu|ascend", show_default=False,
+        help="Check that this device can be used (default: $KANDINSKY_DEVICE, else MindSpore's choice).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Versions, device, threads, memory, and the models in the Hugging Face cache (complete per --dtype or not).
+
+    Example: kandinsky info --json
+    """
+    from .system import info_tables, machine_info
+
+    info = machine_info(device)
+    if json_out:
+        _print_json(info)
+    else:
+        for table in info_tables(info):
+            stdout.print(table)
 
 
 def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool) -> None:

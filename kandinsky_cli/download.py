@@ -417,11 +417,13 @@ def progress_bars(console=None) -> Iterator[type]:
 
 
 def terminal_console():
-    """A Rich console on stderr when stderr is a terminal (for download progress), else None."""
+    """A Rich console on stderr for download progress: when stderr is a terminal and progress bars are not
+    turned off (HF_HUB_DISABLE_PROGRESS_BARS=1); else None."""
+    from huggingface_hub.utils import are_progress_bars_disabled
     from rich.console import Console
 
     console = Console(stderr=True)
-    return console if console.is_terminal else None
+    return console if console.is_terminal and not are_progress_bars_disabled() else None
 
 
 # ------------------------------------------------------------------------------------------ reports

@@ -91,8 +91,9 @@ class HubServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> "HubServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
         self._httpd.daemon_threads = True
+        self._httpd.hub = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"   # kept after stop(): nothing answers there
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
@@ -150,17 +151,12 @@ class HubServer:
         return entries
 
 
-def _handler_for(hub: HubServer):
-    class Handler(_HubHandler):
-        pass
-
-    Handler.hub = hub
-    return Handler
-
-
 class _HubHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive, as the hub client expects; every answer has a Content-Length
-    hub: HubServer
+
+    @property
+    def hub(self) -> HubServer:
+        return self.server.hub
 
     def log_message(self, format: str, *args) -> None:   # quiet
         pass
@@ -218,12 +214,15 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._send(status, data, headers, body)
 
     # -- answers -----------------------------------------------------------------------------------------
-    def _send(self, status: int, data: bytes, headers: Optional[dict] = None, body: bool = True) -> None:
+    def _send_headers(self, status: int, headers: dict, length: int) -> None:
         self.send_response(status)
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
+
+    def _send(self, status: int, data: bytes, headers: Optional[dict] = None, body: bool = True) -> None:
+        self._send_headers(status, headers or {}, len(data))
         if body:
             self.wfile.write(data)
 
@@ -237,11 +236,7 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def _send_part(self, headers: dict, data: bytes, nbytes: int, hold: bool) -> None:
         """Announce all of ``data`` but send only ``nbytes`` of it, then (after holding, if asked) close."""
-        self.send_response(200)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
+        self._send_headers(200, headers, len(data))
         self.wfile.write(data[:nbytes])
         self.wfile.flush()
         if hold:
@@ -257,6 +252,9 @@ def _range_start(header: Optional[str]) -> Optional[int]:
 
 # ------------------------------------------------------------------------------------------ the client side
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
 def client_env(endpoint: str, home: Path, **extra: str) -> Dict[str, str]:
     """The environment of a CLI run against ``endpoint``: HF_HOME / HF_HUB_CACHE under ``home``, no telemetry,
     no Xet, no token or proxy from the calling environment, nothing else of the caller's HF_* settings."""
@@ -267,10 +265,8 @@ def client_env(endpoint: str, home: Path, **extra: str) -> Dict[str, str]:
     return {**env, **extra}
 
 
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
 def run_kandinsky(env: Dict[str, str], *args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m kandinsky_cli ARGS`` in a subprocess with ``env``; output captured as text."""
+    """``python -m kandinsky_cli ARGS`` in a subprocess with ``env``; output captured as text. Give a scratch
+    ``cwd``: ``-m`` puts the working directory first on sys.path."""
     return subprocess.run([sys.executable, "-m", "kandinsky_cli", *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)

@@ -245,7 +245,8 @@ def test_a_pinned_revision_is_what_gets_cached(tmp_path, home):
         assert models[PRIOR_ID]["commit"] == v2 and models[PRIOR_ID]["revision"] == "v2"
         assert (Path(models[PRIOR_ID]["folder"]) / config).read_bytes() == changed
         ok(kandinsky(hub.url, home, "download", *MODELS, "--revision", "v2", "--check"))
-        one_error_line(kandinsky(hub.url, home, "download", *MODELS, "--check"), PRIOR_ID, "not in the Hugging Face cache")
+        one_error_line(kandinsky(hub.url, home, "download", *MODELS, "--check"), PRIOR_ID,
+                       "not in the Hugging Face cache")
         pinned = downloaded(kandinsky(hub.url, home, "download", "--prior-model", PRIOR_ID, "--decoder-model",
                                       FIXTURE / "inpaint", "--revision", main, "--json"))
         assert (Path(pinned[PRIOR_ID]["folder"]) / config).read_bytes() == (FIXTURE / "prior" / config).read_bytes()
@@ -295,6 +296,15 @@ def test_hub_failures_are_one_error_line(hub, home, case):
         args.append("--offline")
         fragments = [PRIOR_ID, "not in the Hugging Face cache", "kandinsky download"]
     one_error_line(kandinsky(hub.url, home, "download", *args, **env), *fragments)
+
+
+def test_when_the_hub_refuses_a_complete_cached_copy_is_used_with_a_warning(hub, home):
+    ok(kandinsky(hub.url, home, "download", *MODELS))
+    hub.gated.add(PRIOR_ID)   # e.g. the repo became gated after it was downloaded
+    result = ok(kandinsky(hub.url, home, "download", *MODELS, "--json"))
+    assert result.stderr.splitlines() == [f"warning: model {PRIOR_ID}: the repo is gated on {hub.url} (HTTP 403); "
+                                          f"using its complete copy in the cache"]
+    assert sorted(json.loads(result.stdout)["models"]) == sorted([PRIOR_ID, DECODER_ID])
 
 
 def test_progress_on_a_terminal_shows_bytes(tmp_path, home, hub):

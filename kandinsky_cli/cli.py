@@ -94,7 +94,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name=TOOL_NAME,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -103,7 +103,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"{TOOL_NAME} {__version__}")
+        from .system import version_line
+
+        typer.echo(version_line())   # imports MindSpore (~2 s): --version only
         raise typer.Exit()
 
 
@@ -442,6 +444,63 @@ def batch_command(
                       _engine(values))
     if code:
         raise typer.Exit(code)
+
+
+@app.command("download")
+def download_command(
+    prior_model: PriorModelOption = "kandinsky-community/kandinsky-2-1-prior",
+    decoder_model: DecoderModelOption = "kandinsky-community/kandinsky-2-1-inpaint",
+    revision: Annotated[Optional[str], typer.Option(
+        "--revision", metavar="REV", show_default=False,
+        help="Branch, tag or commit of the hub repos (default: their main branch).")] = None,
+    dtype: DtypeOption = "float32",
+    offline: OfflineOption = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Only check, without network, that the cache holds every file a run at --dtype loads: "
+                        "exit code 0 if so, else an error naming what is missing.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Fetch the prior and decoder pipelines into the Hugging Face cache, for runs without network.
+
+    Only the files the tool loads: configs, tokenizers, safetensors weights (for --dtype float16 the fp16
+    variants where a component has them). Afterwards every command also runs with --offline or
+    HF_HUB_OFFLINE=1. Interrupted? Run it again: finished files are kept.
+
+    Examples: kandinsky download;  kandinsky download --dtype float16;  kandinsky download --check
+    """
+    from .download import check_line, locate, report, summary_table, terminal_console
+    from .model_io import offline_requested
+
+    console = None if check else terminal_console()
+    snapshots = {role: locate(model, revision, dtype, check or offline_requested(offline), console)
+                 for role, model in (("prior", prior_model), ("decoder", decoder_model))}
+    if json_out:
+        _print_json(report(snapshots, dtype))
+    elif check:
+        stdout.print(escape(check_line(snapshots, dtype)), soft_wrap=True)
+    else:
+        stdout.print(summary_table(snapshots, dtype))
+
+
+@app.command("info")
+def info_command(
+    device: Annotated[Optional[str], typer.Option(
+        "--device", metavar="cpu|gpu|ascend", show_default=False,
+        help="Check that this device can be used (default: $KANDINSKY_DEVICE, else MindSpore's choice).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Versions, device, threads, memory, and the models in the Hugging Face cache (complete per --dtype or not).
+
+    Example: kandinsky info --json
+    """
+    from .system import info_tables, machine_info
+
+    info = machine_info(device)
+    if json_out:
+        _print_json(info)
+    else:
+        for table in info_tables(info):
+            stdout.print(table)
 
 
 def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool) -> None:

@@ -18,12 +18,6 @@ from .errors import UserError
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
 
-# What a pipeline folder needs from the hub: configs, tokenizer files and safetensors weights only.
-HUB_ALLOW_PATTERNS = [
-    "model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors",
-    "*/*.safetensors.index.json",
-]
-
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 TRANSFORMERS_WEIGHTS = "model"
 
@@ -50,26 +44,13 @@ def looks_like_hub_id(model: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model)) and not model.startswith((".", "/"))
 
 
-def resolve_model_dir(model: str, offline: bool = False, revision: Optional[str] = None) -> Path:
-    """A local pipeline folder, or a hub id downloaded (configs, tokenizers, safetensors) into the HF cache."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise UserError(f"model folder {model} has no model_index.json (expected a diffusers pipeline folder)")
-        return path
-    if not looks_like_hub_id(model):
-        raise UserError(f"model {model!r} is neither an existing folder nor a hub id like 'owner/name'")
-    try:
-        from huggingface_hub import snapshot_download
-        local = snapshot_download(repo_id=model, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS,
-                                  local_files_only=offline_requested(offline))
-    except Exception as exc:  # the hub library raises many types; all mean "not available here"
-        how = ("it is not in the local Hugging Face cache and offline mode is on; run once with network access "
-               f"or `huggingface-cli download {model}`" if offline_requested(offline)
-               else "download failed (no network or no such repo); pass a local folder or pre-fetch it with "
-               f"`huggingface-cli download {model}`")
-        raise UserError(f"model {model!r}: {how} ({type(exc).__name__})") from None
-    return Path(local)
+def resolve_model_dir(model: str, offline: bool = False, revision: Optional[str] = None,
+                      dtype: str = "float32") -> Path:
+    """A local pipeline folder, or a hub id fetched into the HF cache: only the files a run at ``dtype``
+    loads (download.select_files), from the cache alone when ``offline`` or HF_HUB_OFFLINE=1."""
+    from . import download
+
+    return download.locate(model, revision, dtype, offline_requested(offline), download.terminal_console()).folder
 
 
 def read_json(path: Path) -> dict:

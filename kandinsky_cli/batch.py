@@ -145,17 +145,6 @@ def shard_from_env(environ: Mapping[str, str]) -> Shard:
     return Shard(k, n, f"{k_name}/{n_name}", device[0] if device else None)
 
 
-def use_device(device_id: Optional[int]) -> Optional[str]:
-    """Put this process on device ``device_id`` of the default MindSpore target (GPU/Ascend); on CPU there
-    is nothing to choose. Returns the target."""
-    import mindspore as ms
-
-    target = ms.get_context("device_target")
-    if device_id is not None and target != "CPU":
-        ms.set_device(target, device_id)
-    return target
-
-
 # ------------------------------------------------------------------------------------------ manifest
 
 class Manifest:
@@ -319,7 +308,6 @@ class BatchRunner:
         self.reporter = reporter or Reporter()
         self.interrupts = interrupts or Interrupts()
         self.outcomes: List[JobOutcome] = []
-        self.device_target: Optional[str] = None
         self._prior_checked = False
 
     def will_skip(self, job: Job) -> bool:
@@ -329,8 +317,7 @@ class BatchRunner:
         """Choose the device and load the models this job needs, on first need only (a rerun that skips
         everything loads nothing). A model that cannot be loaded is an error of the whole batch, not of
         every job: its UserError ends the run (exit code 2)."""
-        if self.device_target is None:
-            self.device_target = use_device(self.shard.device_id)
+        self.engine.select_device()
         if job.uses_prior and not self._prior_checked:
             self.engine.check_embedding_widths()
             self._prior_checked = True
@@ -364,8 +351,7 @@ class BatchRunner:
         pending = [job for job in jobs if job.problem is None and not self.will_skip(job) and inputs_ok(job)]
         if not pending:
             return
-        if self.device_target is None:
-            self.device_target = use_device(self.shard.device_id)
+        self.engine.select_device()
         prior_requests = [job.request.prior_request(job_seed(job, self.base_seed)[0]) for job in pending
                           if job.uses_prior]
         try:

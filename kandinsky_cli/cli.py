@@ -138,12 +138,13 @@ def _given(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _engine(values: dict):
-    """A :class:`core.Kandinsky` from the engine options (defaults for those not given)."""
+def _engine(values: dict, device_id: Optional[int] = None):
+    """A :class:`core.Kandinsky` from the engine options (defaults for those not given), its model folders found
+    (downloaded if needed) before any progress bar is drawn."""
     from .core import Kandinsky
 
     engine = {**options.defaults(options.ENGINE_KEYS), **_given({k: values.get(k) for k in options.ENGINE_KEYS})}
-    return Kandinsky(**engine)
+    return Kandinsky(**engine, device_id=device_id)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -311,6 +312,7 @@ def prior_command(
         if Path(what).suffix.lower() in options.IMAGE_SUFFIXES:
             load_image(what)  # an unreadable mix image fails before any model loads
     engine = _engine(values)
+    engine.root("prior")   # find (or download) the model before the progress bar is drawn
     with _StepProgress() as progress:
         emb, neg = engine.run_prior(request, progress)
     parameters = {"tool": TOOL_NAME, "version": __version__, "command": "prior", **request.parameters(),
@@ -344,10 +346,10 @@ def inpaint_command(
     job.setdefault("out", Path(f"{image.stem}-inpainted.png"))
     if "prompt" not in job:
         raise UserError("missing option '--prompt' (what to paint)")
-    request = InpaintRequest(job)
     engine = _engine(values)
+    prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
     with _StepProgress() as progress:
-        result = engine.inpaint(request, progress)
+        result = engine.run(prepared, progress)
     written = [str(p) for p in result.outputs] + ([str(result.grid)] if result.grid else [])
     if json_out:
         _print_json({"outputs": [str(p) for p in result.outputs], "grid": str(result.grid) if result.grid else None,
@@ -441,24 +443,22 @@ def batch_command(
         _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite)
         return
     code = _run_batch(title, mine, len(jobs), shard_spec, manifest_path, base_seed, overwrite, json_out,
-                      _engine(values))
+                      _engine(values, shard_spec.device_id))
     if code:
         raise typer.Exit(code)
 
 
 @app.command("download")
+@options.command([o for o in ENGINE_OPTIONS if o.key in ("prior_model", "decoder_model", "dtype", "offline")])
 def download_command(
-    prior_model: PriorModelOption = "kandinsky-community/kandinsky-2-1-prior",
-    decoder_model: DecoderModelOption = "kandinsky-community/kandinsky-2-1-inpaint",
     revision: Annotated[Optional[str], typer.Option(
         "--revision", metavar="REV", show_default=False,
         help="Branch, tag or commit of the hub repos (default: their main branch).")] = None,
-    dtype: DtypeOption = "float32",
-    offline: OfflineOption = False,
     check: Annotated[bool, typer.Option(
         "--check", help="Only check, without network, that the cache holds every file a run at --dtype loads: "
                         "exit code 0 if so, else an error naming what is missing.")] = False,
     json_out: JsonOption = False,
+    values: Optional[dict] = None,
 ) -> None:
     """Fetch the prior and decoder pipelines into the Hugging Face cache, for runs without network.
 
@@ -471,9 +471,11 @@ def download_command(
     from .download import check_line, locate, report, summary_table, terminal_console
     from .model_io import offline_requested
 
+    values = {**options.defaults(options.ENGINE_KEYS), **_given(values or {})}
+    dtype = values["dtype"]
     console = None if check else terminal_console()
-    snapshots = {role: locate(model, revision, dtype, check or offline_requested(offline), console)
-                 for role, model in (("prior", prior_model), ("decoder", decoder_model))}
+    snapshots = {role: locate(values[f"{role}_model"], revision, dtype, check or offline_requested(values["offline"]),
+                              console) for role in ("prior", "decoder")}
     if json_out:
         _print_json(report(snapshots, dtype))
     elif check:
@@ -483,11 +485,10 @@ def download_command(
 
 
 @app.command("info")
+@options.command([options.BY_KEY["device"]])
 def info_command(
-    device: Annotated[Optional[str], typer.Option(
-        "--device", metavar="cpu|gpu|ascend", show_default=False,
-        help="Check that this device can be used (default: $KANDINSKY_DEVICE, else MindSpore's choice).")] = None,
     json_out: JsonOption = False,
+    values: Optional[dict] = None,
 ) -> None:
     """Versions, device, threads, memory, and the models in the Hugging Face cache (complete per --dtype or not).
 
@@ -495,7 +496,7 @@ def info_command(
     """
     from .system import info_tables, machine_info
 
-    info = machine_info(device)
+    info = machine_info((values or {}).get("device"))
     if json_out:
         _print_json(info)
     else:

@@ -150,9 +150,13 @@ class Kandinsky:
     """
 
     def __init__(self, prior_model: str = options.DEFAULT_PRIOR, decoder_model: str = options.DEFAULT_DECODER,
-                 dtype: str = "float32", offline: bool = False, mode: str = "graph"):
+                 dtype: str = "float32", offline: bool = False, mode: str = "graph", device: Optional[str] = None,
+                 device_id: Optional[int] = None):
         self.dtype_name = options.check_value("dtype", dtype, "--dtype")
         self.mode = options.check_value("mode", mode, "--mode")
+        self.device = options.check_value("device", device, "--device")
+        self.device_id = device_id      # the card of an msrun worker; None: $DEVICE_ID
+        self.device_target: Optional[str] = None
         self.prior_model, self.decoder_model, self.offline = prior_model, decoder_model, offline
         self._prior = self._decoder = None
         self._prior_mode: Optional[str] = None
@@ -175,8 +179,16 @@ class Kandinsky:
         """The local folder of a stage ("prior" or "decoder"), downloading it once if it is a hub id."""
         if stage not in self._roots:
             model = self.prior_model if stage == "prior" else self.decoder_model
-            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline)
+            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline, dtype=self.dtype_name)
         return self._roots[stage]
+
+    def select_device(self) -> str:
+        """Put the process on the engine's device, once, before any network is built."""
+        if self.device_target is None:
+            from .system import select_device
+
+            self.device_target = select_device(self.device, self.device_id)
+        return self.device_target
 
     def check_embedding_widths(self) -> None:
         """The prior's embeddings must have the width the decoder expects (from the configs alone)."""
@@ -192,6 +204,7 @@ class Kandinsky:
         if self._prior is None:
             from .prior_pipeline import PriorPipeline
 
+            self.select_device()
             self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode)
             self._prior_mode = mode
             self.counters["prior_loads"] += 1
@@ -207,6 +220,7 @@ class Kandinsky:
         if self._decoder is None:
             from .inpaint_pipeline import InpaintPipeline
 
+            self.select_device()
             self._decoder = InpaintPipeline(self.root("decoder"), self.ms_dtype, self.mode)
             self.counters["decoder_loads"] += 1
         return self._decoder
@@ -266,7 +280,8 @@ class Kandinsky:
 
     # -- stage 2, step by step ----------------------------------------------------------------------------
     def prepare(self, req: InpaintRequest) -> Prepared:
-        """Read and check every input of a request and its output locations; no model is loaded."""
+        """Read and check every input of a request and its output locations, find the model folders (downloading
+        hub ids) and check that the run fits in memory; no network is built."""
         if not req.has_mask and req.extend is None:
             raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend "
                             "to outpaint")
@@ -278,6 +293,8 @@ class Kandinsky:
         if not req.uses_prior:
             embeddings = (load_embeddings(req.image_embeds, "image embeddings"),
                           load_embeddings(req.negative_image_embeds, "negative image embeddings"))
+        if req.uses_prior:
+            self.root("prior")
         rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
         width, height = plan.working_size
         check_decoder_fits(self.root("decoder"), height, width, rows, self.dtype_name)
@@ -376,12 +393,15 @@ class Kandinsky:
                 save_png(grid, make_image_grid(cells, rows=1), parameters)
         return InpaintResult(paths, grid, job.seed, parameters, job.timings)
 
-    def inpaint(self, req: InpaintRequest, progress: Progress = None, write: bool = True) -> InpaintResult:
-        """One request: prepare -> embeddings -> decode -> compose -> write."""
-        job = self.prepare(req)
+    def run(self, job: Prepared, progress: Progress = None, write: bool = True) -> InpaintResult:
+        """A prepared request: embeddings -> decode -> compose -> write."""
         embeddings = self.embeddings(job, progress)
         images = self.decode(job, embeddings, progress)
         return self.write(job, self.compose(job, images), write)
+
+    def inpaint(self, req: InpaintRequest, progress: Progress = None, write: bool = True) -> InpaintResult:
+        """One request: prepare -> embeddings -> decode -> compose -> write."""
+        return self.run(self.prepare(req), progress, write)
 
 
 def canvas_and_mask(req: InpaintRequest) -> Tuple[Image.Image, np.ndarray, np.ndarray]:

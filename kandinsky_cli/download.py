@@ -32,7 +32,7 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 from tqdm.std import tqdm
 
-from .core import DTYPES
+from .options import DTYPES
 from .errors import UserError
 from .model_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, looks_like_hub_id
 

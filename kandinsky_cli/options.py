@@ -269,6 +269,7 @@ DTYPES = ("float32", "float16")
 REGIONS = ("full", "mask")
 EXTEND_FILLS = ("edge", "blur", "mean", "noise")
 MODES = ("graph", "pynative")
+DEVICES = ("cpu", "gpu", "ascend")
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
 
@@ -362,6 +363,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("mode", choice(MODES), "graph",
            "graph: networks compiled once per shape (fast); pynative: eager execution, for debugging.",
            _scopes(ENGINE), str, "|".join(MODES)),
+    Option("device", optional(choice(DEVICES)), None,
+           "Where the networks run (default: $KANDINSKY_DEVICE, else what MindSpore picks); a device that cannot run "
+           "here is one error naming those that can.", _scopes(ENGINE), str, "|".join(DEVICES),
+           default_doc="MindSpore's choice"),
     Option("offline", boolean, False,
            "Never touch the network: hub ids must already be in the HF cache (also HF_HUB_OFFLINE=1).",
            _scopes(ENGINE), bool),

@@ -22,7 +22,7 @@ from . import TOOL_NAME, __version__
 from .batch import DEVICE_VARIABLE as DEVICE_ID_VARIABLE
 from .errors import UserError
 
-DEVICES = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}   # --device name -> MindSpore device target
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}   # --device name (options.DEVICES) -> MindSpore target
 DEVICE_VARIABLE = "KANDINSKY_DEVICE"
 VERSIONED = ("numpy", "huggingface_hub", "tokenizers")       # packages whose versions `info` reports
 

@@ -39,6 +39,7 @@ from . import __version__
 from .batchfile import Job, check_job_inputs
 from .errors import UserError
 from .files import to_json
+from .interrupts import Interrupts  # noqa: F401  (the runner defers them while writing)
 
 MANIFEST_NAME = "manifest.jsonl"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -199,48 +200,6 @@ def read_manifest(path: Path) -> List[dict]:
 
 
 # ------------------------------------------------------------------------------------------ signals
-
-class Interrupts:
-    """Ctrl-C (SIGINT) and SIGTERM raise :class:`KeyboardInterrupt`, except while :meth:`defer` is on:
-    then the signal is remembered and raised by :meth:`resume`. The runner defers from the last decoder
-    step until the job's outputs and manifest lines are written, so an interrupt never leaves outputs
-    without their manifest lines."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.deferring = False
-        self.pending: Optional[int] = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "Interrupts":
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:   # not the main thread: leave the signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.deferring:
-            self.pending = signum
-            return
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    def defer(self) -> None:
-        self.deferring = True
-
-    def resume(self) -> None:
-        self.deferring = False
-        if self.pending is not None:
-            signum, self.pending = self.pending, None
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-
 
 # ------------------------------------------------------------------------------------------ running
 

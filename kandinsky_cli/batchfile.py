@@ -30,7 +30,7 @@ import numpy as np
 from . import options
 from .core import InpaintRequest, canvas_and_mask, make_plan
 from .errors import UserError
-from .files import PathLike, load_image
+from .files import PathLike, check_writable_output, load_image
 from .masks import SizeHW, load_mask_file, rect_mask
 from .options import JOB_KEYS, describe as _describe
 from .region import Plan
@@ -217,6 +217,11 @@ def check_job_inputs(job: Job) -> Tuple[SizeHW, Plan]:
             if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.floating):
                 raise UserError(f"{job.where}.{key}: {path} holds a {array.dtype} array of shape {array.shape}; "
                                 f"expected float embeddings of shape (dim,) or (n, dim)")
+    for path in job.outputs + ([job.grid_path] if job.grid_path else []):
+        try:
+            check_writable_output(path)
+        except UserError as e:
+            raise fail("out", e) from None
     try:
         canvas, final_mask, _ = canvas_and_mask(job.request)
         plan = make_plan(job.request, canvas.size, final_mask)

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from . import TOOL_NAME, __version__, options
+from . import TOOL_NAME, __version__, interrupts, options
 from .errors import UserError
 
 # Click's exception classes, whether Typer uses click itself or ships its own copy of it.
@@ -76,14 +76,16 @@ class _Group(TyperGroup):
                 _fail(e.format_message() + hint, e.exit_code)
             except ClickException as e:
                 _fail(e.format_message(), e.exit_code)
-            except typer.Abort:
-                _fail("aborted", 130)
+            except (typer.Abort, KeyboardInterrupt):
+                interrupts.exit_interrupted()
             except (MemoryError, RuntimeError) as e:
                 if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
                     raise
                 _fail("out of memory: the model does not fit at this size; try a smaller --height/--width, "
                       "--dtype float16, or fewer --num-images", 1)
         code = rv if isinstance(rv, int) else 0
+        if code == interrupts.EXIT_INTERRUPTED:   # the batch runner has printed what was done
+            interrupts.exit_interrupted("")
         if standalone_mode:
             sys.exit(code)
         return rv
@@ -319,6 +321,7 @@ def prior_command(
                   "noise": "numpy.default_rng", "prior_model": engine.prior_model, "dtype": engine.dtype_name,
                   "mode": engine.mode}
     paths = write_prior_outputs(out_dir, name, emb, neg, parameters)
+    interrupts.note_written(paths.values())
     if json_out:
         _print_json({**paths, "seed": request.seed, "shape": list(emb.shape), "parameters": parameters})
     else:
@@ -350,6 +353,7 @@ def inpaint_command(
     prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
     with _StepProgress() as progress:
         result = engine.run(prepared, progress)
+    interrupts.note_written(result.outputs + ([result.grid] if result.grid else []))
     written = [str(p) for p in result.outputs] + ([str(result.grid)] if result.grid else [])
     if json_out:
         _print_json({"outputs": [str(p) for p in result.outputs], "grid": str(result.grid) if result.grid else None,
@@ -679,5 +683,7 @@ def _show(path: Optional[Path]) -> str:
 
 
 def main() -> None:
-    """Console-script entry point (``kandinsky``) and ``python -m kandinsky_cli``."""
-    app()
+    """Console-script entry point (``kandinsky``): see ``__main__.main``."""
+    from .__main__ import main as run
+
+    run()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import __version__, model_io, options
 from .errors import UserError
-from .files import check_writable_output, load_image, numbered_paths, save_json, save_npy, save_png
+from .files import atomic_set, check_writable_output, load_image, numbered_paths, save_json, save_npy, save_png
 from .masks import MaskSpec, mask_to_image
 from .memory import check_decoder_fits
 from .noise import random_seed
@@ -385,12 +385,13 @@ class Kandinsky:
         parameters = self.parameters(job, len(outputs))
         paths = numbered_paths(req.out, len(outputs))
         grid = req.grid_path
-        if write:
-            for k, (path, out) in enumerate(zip(paths, outputs)):
-                save_png(path, out, {**parameters, "index": k})
-            if grid is not None:
-                cells = [job.image, mask_to_image(job.mask).convert("RGB")] + [Image.fromarray(o) for o in outputs]
-                save_png(grid, make_image_grid(cells, rows=1), parameters)
+        if write:   # all-or-nothing: every output (and the grid) or none of them
+            with atomic_set() as files:
+                for k, (path, out) in enumerate(zip(paths, outputs)):
+                    save_png(path, out, {**parameters, "index": k}, into=files)
+                if grid is not None:
+                    cells = [job.image, mask_to_image(job.mask).convert("RGB")] + [Image.fromarray(o) for o in outputs]
+                    save_png(grid, make_image_grid(cells, rows=1), parameters, into=files)
         return InpaintResult(paths, grid, job.seed, parameters, job.timings)
 
     def run(self, job: Prepared, progress: Progress = None, write: bool = True) -> InpaintResult:
@@ -429,9 +430,10 @@ def make_plan(req: InpaintRequest, canvas_size: Tuple[int, int], mask: np.ndarra
 def write_prior_outputs(out_dir: Path, name: str, emb: np.ndarray, neg: np.ndarray, parameters: dict) -> dict:
     """``NAME.image_embeds.npy``, ``NAME.negative_image_embeds.npy`` and ``NAME.json``; returns the paths."""
     paths = prior_output_paths(out_dir, name)
-    save_npy(paths["image_embeds"], emb.astype(np.float32))
-    save_npy(paths["negative_image_embeds"], neg.astype(np.float32))
-    save_json(paths["parameters"], {**parameters, "shape": list(emb.shape)})
+    with atomic_set() as files:   # the three files together or none
+        save_npy(paths["image_embeds"], emb.astype(np.float32), into=files)
+        save_npy(paths["negative_image_embeds"], neg.astype(np.float32), into=files)
+        save_json(paths["parameters"], {**parameters, "shape": list(emb.shape)}, into=files)
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -39,6 +39,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from random_weights import copy_support_files, random_weights, write_component
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmark the checkout this script belongs to
     sys.path.insert(0, str(REPO))
@@ -285,19 +287,10 @@ def copy_torch_weights(cell, module, dtype: str) -> None:
     cell.set_train(False)
 
 
-def random_array(rng, name: str, shape) -> np.ndarray:
-    """Plausible random weights: norm scales 1, biases 0, matrices N(0, 1/fan_in)."""
-    shape = tuple(shape)
-    if len(shape) <= 1:
-        return (np.zeros if name.endswith("bias") or not name.endswith("weight") else np.ones)(shape, np.float32)
-    fan_in = int(np.prod(shape[1:]))
-    return randn(rng, shape) * np.float32(fan_in ** -0.5)
-
-
 def fill_random(cell, dtype: str, seed: int = SEED) -> None:
-    rng = np.random.default_rng(seed)
-    for name, param in cell.parameters_and_names():
-        _set_param(param, random_array(rng, name, param.shape), dtype)
+    params = dict(cell.parameters_and_names())
+    for name, arr in random_weights(cell, np.random.default_rng(seed)):
+        _set_param(params[name], arr, dtype)
     cell.set_train(False)
 
 
@@ -761,14 +754,6 @@ def _tiny_pipeline_group(ctx: Ctx) -> Group:
 
 
 # -- real-size decoder pipeline (random weights written to a temporary pipeline folder for MindSpore) -------------
-def _write_component(folder: Path, config: dict, weights_name: str, state: Dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    save_file(state, str(folder / f"{weights_name}.safetensors"))
-
-
 def _real_pipeline_group(ctx: Ctx) -> Group:
     group = Group("real-pipeline")
     components = (("text_encoder", "text_encoder_mclip.json", "model", torch_mclip, ms_mclip),
@@ -798,22 +783,16 @@ def _real_pipeline_group(ctx: Ctx) -> Group:
 
         root = Path(tempfile.mkdtemp(prefix="kandinsky-bench-", dir=ctx.tmpdir))
         try:
-            src = ctx.fixture / "inpaint"
-            shutil.copy(src / "model_index.json", root / "model_index.json")
-            for sub in ("tokenizer", "scheduler"):
-                shutil.copytree(src / sub, root / sub)
+            copy_support_files(ctx.fixture / "inpaint", root)
             for name, config_file, weights, _, ms_build in components:
                 log(f"  writing {name} weights ({dtype}) to {root}")
                 if tmodels is not None:
                     module = getattr(tmodels["pipe"], name)
                     state = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in module.state_dict().items()}
                 else:
-                    cell = ms_build(ctx)
                     rng = np.random.default_rng(SEED)
-                    state = {k: random_array(rng, k, p.shape).astype(np_dtype(dtype))
-                             for k, p in cell.parameters_and_names()}
-                    del cell
-                _write_component(root / name, ctx.config(config_file), weights, state)
+                    state = {k: a.astype(np_dtype(dtype)) for k, a in random_weights(ms_build(ctx), rng)}
+                write_component(root / name, ctx.config(config_file), weights, state)
                 del state
                 free_memory()
             if tmodels is not None:

@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -781,7 +780,10 @@ def _real_pipeline_group(ctx: Ctx) -> Group:
         import mindspore as ms  # noqa: F401  (before the pipeline import, as the CLI does)
         from kandinsky_cli.inpaint_pipeline import InpaintPipeline
 
-        root = Path(tempfile.mkdtemp(prefix="kandinsky-bench-", dir=ctx.tmpdir))
+        # the folder lives as long as the models (removed when they are freed): the pipeline loads its text
+        # encoder from it on first use
+        folder = tempfile.TemporaryDirectory(prefix="kandinsky-bench-", dir=ctx.tmpdir)
+        root = Path(folder.name)
         try:
             copy_support_files(ctx.fixture / "inpaint", root)
             for name, config_file, weights, _, ms_build in components:
@@ -799,9 +801,10 @@ def _real_pipeline_group(ctx: Ctx) -> Group:
                 tmodels.clear()
                 free_memory()
             log(f"  loading the MindSpore pipeline from {root}")
-            return {"pipe": InpaintPipeline(root, _ms_dtype(dtype), ctx.mode)}
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+            return {"pipe": InpaintPipeline(root, _ms_dtype(dtype), ctx.mode), "folder": folder}
+        except BaseException:
+            folder.cleanup()
+            raise
 
     group.torch_models, group.ms_models = torch_models, ms_models
     return group

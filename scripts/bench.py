@@ -6,6 +6,7 @@
     python scripts/bench.py --workload pipeline-real-768-50   # off by default: minutes and ~20 GB
     python scripts/bench.py --json --no-torch                 # one JSON object per line, MindSpore only
     python scripts/bench.py --list                            # what each workload measures
+    python scripts/bench.py --workload tool-768-default --pipeline-dir /tmp/real --dtype float32 --repeats 1
 
 Every row times one workload (after ``--warmup`` untimed calls; in graph mode the first call compiles) over
 ``--repeats`` calls and reports median, min and max seconds and the peak process RSS while the workload ran
@@ -18,6 +19,10 @@ diffusers/transformers in the same process; the real-size torch model is built w
 weights are copied by name into the MindSpore cell, so both sides compute on the same numbers. Only one big
 model is alive at a time: torch rows, copy, free the torch model, MindSpore rows, free. torch/diffusers are an
 optional benchmark extra, never a runtime dependency of the tool.
+
+Whole-tool rows (``tool-*``) run one ``kandinsky inpaint`` command per repeat in a fresh child process on the
+pipeline folders of ``--pipeline-dir`` (skipped without it) and report its wall time, its peak RSS and the
+per-stage times of its --json ``timings``; ``tool-SIZE-default`` runs the same job through diffusers too.
 """
 from __future__ import annotations
 
@@ -39,12 +44,14 @@ if str(REPO) not in sys.path:  # benchmark the checkout this script belongs to
     sys.path.insert(0, str(REPO))
 
 from bench_common import Ctx, Group, Row, log, short_error  # noqa: E402
+from bench_tool import ToolGroup, diffusers_command, region_params, tool_command, tool_params  # noqa: E402
 from bench_workloads import (clip_text_ms, clip_text_torch, component_group, latent_params,  # noqa: E402
                              load_tiny_ms, load_tiny_torch, mclip_ms, mclip_torch, movq_decode_ms, movq_decode_torch,
                              movq_encode_ms, movq_encode_torch, ms_clip_text, ms_mclip, ms_movq, ms_prior, ms_unet,
                              nothing_group, pipeline_ms, pipeline_params, pipeline_torch, prior_ms, prior_torch,
                              quiet_diffusers, real_pipeline_group, tiny_pipeline_group, torch_clip_text, torch_mclip,
                              torch_movq, torch_prior, torch_unet, unet_ms, unet_torch)
+from diffusers_inpaint import SCHEDULERS  # noqa: E402
 
 DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "kandinsky21-tiny"
 DEFAULT_CONFIGS = REPO / "configs" / "kandinsky-2-1"
@@ -63,13 +70,14 @@ GROUPS: Dict[str, Group] = {
     "movq": component_group("movq", torch_movq, ms_movq),
     "tiny-pipeline": tiny_pipeline_group(),
     "real-pipeline": real_pipeline_group(),
+    "tool": ToolGroup(),
 }
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One line of the workload table. ``name`` may hold fields read from the workload's name ({size}, {steps});
-    ``params(ctx, name, **fields)`` checks them and derives more; the descriptions are
+    """One line of the workload table. ``name`` may hold fields read from the workload's name ({size}, {steps},
+    {width}, {height}, {region}); ``params(ctx, name, **fields)`` checks them and derives more; the descriptions are
     formatted with the result. ``ms`` / ``torch`` are called as ``(ctx, models, dtype, p)`` (see the group)."""
 
     name: str
@@ -85,6 +93,8 @@ class Entry:
 
 PIPELINE_CALL = ("one {size}x{size} inpaint call, {steps} DDIM steps, guidance 4, given image embeddings "
                  "(M-CLIP x2, MoVQ encode, {steps} UNet steps, MoVQ decode); pipelines loaded beforehand")
+TOOL_RUN = ("a fresh process per run: wall time, its peak RSS, the per-stage times of its --json timings; "
+            "bench.py's --scheduler/--steps/--prior-steps when given, the tool's defaults otherwise")
 
 TABLE = (
     Entry("load-tiny", "none", load_tiny_ms, load_tiny_torch,
@@ -118,11 +128,22 @@ TABLE = (
           "InpaintPipeline.__call__ -- real-size random weights: " + PIPELINE_CALL,
           "KandinskyInpaintPipeline.__call__(output_type='np') -- same", default=False, params=pipeline_params,
           listed=("pipeline-real-768-50",)),
+    Entry("tool-{size}-default", "tool", tool_command, diffusers_command,
+          "kandinsky inpaint on a {size}x{size} photo-like image, --mask-rect {mask_rect} --prompt 'a hat' "
+          "--seed 0 --height {size} --width {size}, the --pipeline-dir folders; " + TOOL_RUN,
+          "scripts/diffusers_inpaint.py: KandinskyPriorPipeline, freed, then KandinskyInpaintPipeline from the "
+          "same folders with the parameters and sampler the tool reported; " + TOOL_RUN,
+          default=False, params=tool_params, listed=("tool-768-default",)),
+    Entry("tool-region-{width}x{height}-{region}", "tool", tool_command, None,
+          "kandinsky inpaint --region {region} on a {width}x{height} photo-like image, --mask-rect {mask_rect} "
+          "--prompt 'a hat' --seed 0, the --pipeline-dir folders; " + TOOL_RUN,
+          "-", default=False, params=region_params,
+          listed=("tool-region-4000x3000-full", "tool-region-4000x3000-mask")),
 )
 
 DEFAULT_WORKLOADS = ("load-tiny", "pipeline-tiny-64-10", "clip-text", "mclip-text", "prior-step", "unet-step-256",
                      "unet-step-768", "movq-encode-768", "movq-decode-768")
-FIELDS = {"size": r"\d+", "steps": r"\d+"}
+FIELDS = {"size": r"\d+", "steps": r"\d+", "width": r"\d+", "height": r"\d+", "region": "full|mask"}
 
 
 @dataclass(frozen=True)
@@ -260,7 +281,9 @@ def _child_command(args, names: List[str], dtype: str) -> List[str]:
            "--fixture", str(args.fixture), "--configs", str(args.configs)]
     for name in names:
         cmd += ["--workload", name]
-    for flag, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads), ("--tmpdir", args.tmpdir)):
+    for flag, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads), ("--tmpdir", args.tmpdir),
+                        ("--pipeline-dir", args.pipeline_dir), ("--scheduler", args.scheduler),
+                        ("--steps", args.steps), ("--prior-steps", args.prior_steps)):
         if value:
             cmd += [flag, str(value)]
     if args.no_torch:
@@ -319,6 +342,11 @@ def fmt_s(x: Optional[float]) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
+def details(row: dict) -> str:
+    """Per-stage times of a whole-tool row."""
+    return ", ".join(f"{k.removesuffix('_s')} {fmt_s(v)}" for k, v in (row.get("stages") or {}).items())
+
+
 def print_table(rows: List[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -331,18 +359,23 @@ def print_table(rows: List[dict]) -> None:
         parts.append(f"mindspore mode={'/'.join(modes)}")
     caption = ", ".join(parts)
     table = Table(title="kandinsky CPU benchmark (seconds per call; peak RSS of the whole process)", caption=caption)
-    for col in ("workload", "impl", "dtype", "median s", "min s", "max s", "peak RSS GB", "ratio ms/torch"):
-        table.add_column(col, justify="left" if col in ("workload", "impl", "dtype") else "right")
+    with_details = any(details(row) for row in rows)
+    columns = ("workload", "impl", "dtype", "median s", "min s", "max s", "peak RSS GB", "ratio ms/torch")
+    for col in columns + (("details",) if with_details else ()):
+        table.add_column(col, justify="left" if col in ("workload", "impl", "dtype", "details") else "right",
+                         no_wrap=col != "details")
     notes = []
     for row in rows:
+        name = row["workload"]
         if row.get("skipped"):
-            notes.append(f"{row['workload']} {row['impl']} {row['dtype']}: {row['skipped']}")
-            table.add_row(row["workload"], row["impl"], row["dtype"], f"skipped [{len(notes)}]", "-", "-", "-", "-")
-            continue
-        peak = "-" if row.get("peak_rss_gb") is None else f"{row['peak_rss_gb']:.2f}"
-        ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}"
-        table.add_row(row["workload"], row["impl"], row["dtype"], fmt_s(row["median_s"]), fmt_s(row["min_s"]),
-                      fmt_s(row["max_s"]), peak, ratio)
+            notes.append(f"{name} {row['impl']} {row['dtype']}: {row['skipped']}")
+            cells = [name, row["impl"], row["dtype"], f"skipped [{len(notes)}]", "-", "-", "-", "-"]
+        else:
+            peak = "-" if row.get("peak_rss_gb") is None else f"{row['peak_rss_gb']:.2f}"
+            ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}"
+            cells = [name, row["impl"], row["dtype"], fmt_s(row["median_s"]), fmt_s(row["min_s"]),
+                     fmt_s(row["max_s"]), peak, ratio]
+        table.add_row(*cells, *([details(row)] if with_details else []))
     console = Console(width=max(120, Console().width))
     console.print(table)
     for i, note in enumerate(notes, 1):
@@ -368,7 +401,8 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", action="append", choices=DTYPES + ("both",),
                     help="float32, float16 or both (repeatable; default both)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (default 3)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; compiles)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed calls before timing (default 1; compiles; not for the tool-* rows)")
     ap.add_argument("--mode", choices=("graph", "pynative"), default="graph",
                     help="MindSpore execution: compiled graph (default, as the CLI) or pynative")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's own default)")
@@ -382,15 +416,25 @@ def parse_args(argv=None):
                          "since MindSpore never frees a compiled network's weights)")
     ap.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE, help="tiny fixture folder (prior/, inpaint/)")
     ap.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="real-size config folder")
-    ap.add_argument("--tmpdir", help="where pipeline-real-* writes its temporary random checkpoint (GBs)")
+    ap.add_argument("--tmpdir", help="where pipeline-real-* writes its temporary random checkpoint (GBs) and the "
+                                     "tool-* rows their input and output images")
+    ap.add_argument("--pipeline-dir", type=Path, metavar="DIR",
+                    help="DIR/prior and DIR/inpaint pipeline folders for the tool-* rows (real size: "
+                         "scripts/make_random_pipeline.py DIR; the tiny fixture works too)")
+    ap.add_argument("--scheduler", choices=SCHEDULERS, help="sampler of the tool-* rows (default: the tool's)")
+    ap.add_argument("--steps", type=int, metavar="N", help="decoder steps of the tool-* rows (default: the tool's)")
+    ap.add_argument("--prior-steps", type=int, metavar="N", help="prior steps of the tool-* rows (default: the tool's)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     if args.warmup < 0:
         ap.error("--warmup must be >= 0")
-    for name, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads)):
+    for name, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads), ("--steps", args.steps),
+                        ("--prior-steps", args.prior_steps)):
         if value is not None and value < 1:
             ap.error(f"{name} must be at least 1")
+    if args.pipeline_dir is not None:  # the tool runs from the repository root
+        args.pipeline_dir = args.pipeline_dir.resolve()
     dtypes = args.dtype or ["both"]
     args.dtypes = [d for d in DTYPES if d in dtypes or "both" in dtypes]
     args.workloads = list(dict.fromkeys(args.workload or DEFAULT_WORKLOADS))
@@ -398,8 +442,11 @@ def parse_args(argv=None):
 
 
 def check_paths(args) -> Optional[str]:
-    """Why the fixture or configs cannot be used, or None."""
-    for path, what in ((args.fixture / "inpaint", "fixture"), (args.configs / "unet.json", "configs")):
+    """Why the fixture, configs or pipeline folders given cannot be used, or None."""
+    needed = [(args.fixture / "inpaint", "fixture"), (args.configs / "unet.json", "configs")]
+    if args.pipeline_dir is not None:
+        needed += [(args.pipeline_dir / sub / "model_index.json", "--pipeline-dir") for sub in ("prior", "inpaint")]
+    for path, what in needed:
         if not path.exists():
             return f"{what} not found: {path}"
     return None

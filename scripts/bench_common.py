@@ -1,4 +1,5 @@
-"""What every row of scripts/bench.py is measured with: timing with RSS sampling, the row record, run settings."""
+"""What every row of scripts/bench.py is measured with: timing with RSS sampling, the row record, run settings,
+and running one whole command in a child process (wall time, the child's peak RSS, its --json output)."""
 from __future__ import annotations
 
 import ctypes
@@ -6,12 +7,13 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 GB = 1024 ** 3
@@ -178,6 +180,11 @@ class Ctx:
         self.mode: str = args.mode
         self.torch: bool = torch_ok
         self.tmpdir = args.tmpdir
+        self.threads: Optional[int] = args.threads
+        self.pipeline_dir: Optional[Path] = args.pipeline_dir
+        self.scheduler: Optional[str] = args.scheduler
+        self.steps: Optional[int] = args.steps
+        self.prior_steps: Optional[int] = args.prior_steps
 
     def config(self, name: str) -> dict:
         return json.loads((self.configs / name).read_text(encoding="utf-8"))
@@ -193,3 +200,37 @@ class Group:
 
     def run(self, ctx: Ctx, workloads: list, dtype: str, args, emit: Callable[[Row], None]) -> None:
         raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one whole command in a child process
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class CommandRun:
+    seconds: float
+    peak_rss: Optional[int]      # the child's own peak RSS (the kernel's count, read when it is reaped)
+    output: Optional[dict]       # its stdout parsed as one JSON document
+    error: Optional[str]         # why it failed: its last stderr line and exit code
+
+
+def run_command(argv: Sequence[str], stderr_path: Path) -> CommandRun:
+    """Run ``argv`` from the repository root; its stderr goes to ``stderr_path``."""
+    with open(stderr_path, "w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout = proc.stdout.read()
+        # wait4, not wait: it returns the resource usage of this child alone (RUSAGE_CHILDREN is a running max
+        # over every child ever waited for)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.stdout.close()
+        err.seek(0)
+        last = next((line.strip() for line in reversed(err.read().splitlines()) if line.strip()), "")
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    if proc.returncode != 0:
+        return CommandRun(seconds, peak, None, f"exit code {proc.returncode}: {last[:300]}")
+    try:
+        return CommandRun(seconds, peak, json.loads(stdout), None)
+    except ValueError:
+        return CommandRun(seconds, peak, None, f"no JSON on stdout: {stdout.strip()[:200]!r}")

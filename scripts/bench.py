@@ -23,6 +23,7 @@ optional benchmark extra, never a runtime dependency of the tool.
 Whole-tool rows (``tool-*``) run one ``kandinsky inpaint`` command per repeat in a fresh child process on the
 pipeline folders of ``--pipeline-dir`` (skipped without it) and report its wall time, its peak RSS and the
 per-stage times of its --json ``timings``; ``tool-SIZE-default`` runs the same job through diffusers too.
+``sampler-convergence-tiny`` reports how far few-step samplers land from a many-step DDIM solution.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ if str(REPO) not in sys.path:  # benchmark the checkout this script belongs to
     sys.path.insert(0, str(REPO))
 
 from bench_common import Ctx, Group, Row, log, short_error  # noqa: E402
-from bench_tool import ToolGroup, diffusers_command, region_params, tool_command, tool_params  # noqa: E402
+from bench_tool import (RowsGroup, ToolGroup, convergence_rows, diffusers_command, region_params,  # noqa: E402
+                        tool_command, tool_params)
 from bench_workloads import (clip_text_ms, clip_text_torch, component_group, latent_params,  # noqa: E402
                              load_tiny_ms, load_tiny_torch, mclip_ms, mclip_torch, movq_decode_ms, movq_decode_torch,
                              movq_encode_ms, movq_encode_torch, ms_clip_text, ms_mclip, ms_movq, ms_prior, ms_unet,
@@ -71,6 +73,7 @@ GROUPS: Dict[str, Group] = {
     "tiny-pipeline": tiny_pipeline_group(),
     "real-pipeline": real_pipeline_group(),
     "tool": ToolGroup(),
+    "convergence": RowsGroup("convergence"),
 }
 
 
@@ -93,6 +96,7 @@ class Entry:
 
 PIPELINE_CALL = ("one {size}x{size} inpaint call, {steps} DDIM steps, guidance 4, given image embeddings "
                  "(M-CLIP x2, MoVQ encode, {steps} UNet steps, MoVQ decode); pipelines loaded beforehand")
+MS_ONLY = "none (MindSpore only)"
 TOOL_RUN = ("a fresh process per run: wall time, its peak RSS, the per-stage times of its --json timings; "
             "bench.py's --scheduler/--steps/--prior-steps when given, the tool's defaults otherwise")
 
@@ -132,13 +136,18 @@ TABLE = (
           "kandinsky inpaint on a {size}x{size} photo-like image, --mask-rect {mask_rect} --prompt 'a hat' "
           "--seed 0 --height {size} --width {size}, the --pipeline-dir folders; " + TOOL_RUN,
           "scripts/diffusers_inpaint.py: KandinskyPriorPipeline, freed, then KandinskyInpaintPipeline from the "
-          "same folders with the parameters and sampler the tool reported; " + TOOL_RUN,
+          "same folders, repeating the job the tool reported (steps, guidance, size, sampler); the same measures",
           default=False, params=tool_params, listed=("tool-768-default",)),
     Entry("tool-region-{width}x{height}-{region}", "tool", tool_command, None,
           "kandinsky inpaint --region {region} on a {width}x{height} photo-like image, --mask-rect {mask_rect} "
           "--prompt 'a hat' --seed 0, the --pipeline-dir folders; " + TOOL_RUN,
-          "-", default=False, params=region_params,
+          MS_ONLY, default=False, params=region_params,
           listed=("tool-region-4000x3000-full", "tool-region-4000x3000-mask")),
+    Entry("sampler-convergence-tiny", "convergence", convergence_rows, None,
+          "tiny fixture, golden/schedulers.npz inputs, prompt 'a hat', 64x64, seed 0: one row per sampler "
+          "(ddim, dpmpp-2m, dpmpp-2m-karras) and step count (10, 25, 50) with the RMS and max abs distance of its "
+          "final latents from a 999-step DDIM solution from the same start noise, and the call time",
+          MS_ONLY, default=False, listed=("sampler-convergence-tiny",)),
 )
 
 DEFAULT_WORKLOADS = ("load-tiny", "pipeline-tiny-64-10", "clip-text", "mclip-text", "prior-step", "unet-step-256",
@@ -343,8 +352,11 @@ def fmt_s(x: Optional[float]) -> str:
 
 
 def details(row: dict) -> str:
-    """Per-stage times of a whole-tool row."""
-    return ", ".join(f"{k.removesuffix('_s')} {fmt_s(v)}" for k, v in (row.get("stages") or {}).items())
+    """Per-stage times of a whole-tool row; distances of a convergence row."""
+    parts = [f"{k.removesuffix('_s')} {fmt_s(v)}" for k, v in (row.get("stages") or {}).items()]
+    if row.get("rms_distance") is not None:
+        parts.append(f"rms {row['rms_distance']:.3g}, max {row['max_abs_distance']:.3g}")
+    return ", ".join(parts)
 
 
 def print_table(rows: List[dict]) -> None:
@@ -362,11 +374,10 @@ def print_table(rows: List[dict]) -> None:
     with_details = any(details(row) for row in rows)
     columns = ("workload", "impl", "dtype", "median s", "min s", "max s", "peak RSS GB", "ratio ms/torch")
     for col in columns + (("details",) if with_details else ()):
-        table.add_column(col, justify="left" if col in ("workload", "impl", "dtype", "details") else "right",
-                         no_wrap=col != "details")
+        table.add_column(col, justify="left" if col in ("workload", "impl", "dtype", "details") else "right")
     notes = []
     for row in rows:
-        name = row["workload"]
+        name = row["workload"] + (f" {row['variant']}" if row.get("variant") else "")
         if row.get("skipped"):
             notes.append(f"{name} {row['impl']} {row['dtype']}: {row['skipped']}")
             cells = [name, row["impl"], row["dtype"], f"skipped [{len(notes)}]", "-", "-", "-", "-"]
@@ -376,7 +387,8 @@ def print_table(rows: List[dict]) -> None:
             cells = [name, row["impl"], row["dtype"], fmt_s(row["median_s"]), fmt_s(row["min_s"]),
                      fmt_s(row["max_s"]), peak, ratio]
         table.add_row(*cells, *([details(row)] if with_details else []))
-    console = Console(width=max(120, Console().width))
+    # wide enough for every cell to fit unwrapped
+    console = Console(width=max(120, Console().width, Console(width=1000).measure(table).maximum))
     console.print(table)
     for i, note in enumerate(notes, 1):
         console.print(f"[{i}] {note}", markup=False, highlight=False)

@@ -1,4 +1,5 @@
-"""Whole-tool rows of scripts/bench.py: one ``kandinsky inpaint`` command per run, in a child process.
+"""Whole-tool rows of scripts/bench.py (one ``kandinsky inpaint`` command per run, in a child process) and the
+sampler convergence rows (final latents of few-step samplers against a many-step DDIM solution).
 
 A tool row's functions return the command line to run: ``(ctx, models, dtype, p) -> argv``, where ``models``
 holds the row's scratch folder (``workdir``) and, for the diffusers side, the ``parameters`` the tool reported
@@ -10,12 +11,14 @@ import shlex
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from bench_common import GB, SEED, Ctx, Group, Row, log, run_command, short_error
+from bench_workloads import ms_dtype
 
 SCRIPTS = Path(__file__).resolve().parent
 TOOL_PROMPT = "a hat"
@@ -173,3 +176,63 @@ class ToolGroup(Group):
         row.extra["stages"] = {k: statistics.median(s[k] for s in stages if k in s)
                                for k in dict.fromkeys(k for s in stages for k in s)}
         return row, output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sampler convergence
+# --------------------------------------------------------------------------------------------------------------
+CONVERGENCE_SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-karras")
+CONVERGENCE_STEPS = (10, 25, 50)
+# The reference: DDIM through every training timestep. 999, not 1000 steps: with the fixture's leading spacing and
+# steps_offset 1, 1000 steps would start at t = 1000, one past the 1000-entry schedule (diffusers fails there too).
+REFERENCE_SAMPLER, REFERENCE_STEPS = "ddim", 999
+
+
+class RowsGroup(Group):
+    """Workloads whose MindSpore function computes and yields its own rows."""
+
+    def run(self, ctx, workloads, dtype, args, emit) -> None:
+        for wl in workloads:
+            try:
+                for row in wl.ms(ctx, None, dtype, wl.p):
+                    emit(row)
+            except Exception as exc:
+                log(f"{wl.name} {dtype}: {short_error(exc)}")
+                emit(Row(wl.name, "mindspore", dtype, skipped=short_error(exc), extra={"mode": ctx.mode}))
+
+
+def final_latents(pipe, inputs, sampler: str, steps: int) -> np.ndarray:
+    """The latents after the last step of one 64x64 inpaint call of the tiny pipeline (seed fixed)."""
+    from kandinsky_cli.noise import Noise
+
+    height, width = inputs["mask"].shape
+    debug: dict = {}
+    pipe(TOOL_PROMPT, inputs["image"], inputs["mask"], inputs["image_embeds"], inputs["negative_image_embeds"],
+         height=height, width=width, num_inference_steps=steps, guidance_scale=4.0, scheduler=sampler,
+         noise=Noise(SEED), debug=debug)
+    return np.asarray(debug["step_latents_out"][-1], np.float64)
+
+
+def convergence_rows(ctx: Ctx, models, dtype: str, p):
+    """One row per (sampler, steps): call time, RMS and max abs distance of its final latents from the
+    reference's, on the tiny fixture with the inputs of its golden/schedulers.npz."""
+    from kandinsky_cli.inpaint_pipeline import InpaintPipeline
+
+    with np.load(ctx.fixture / "golden" / "schedulers.npz") as npz:
+        inputs = {k: npz[k] for k in ("image", "mask", "image_embeds", "negative_image_embeds")}
+    pipe = InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode)
+    t0 = time.perf_counter()
+    reference = final_latents(pipe, inputs, REFERENCE_SAMPLER, REFERENCE_STEPS)
+    log(f"sampler-convergence {dtype}: reference {REFERENCE_SAMPLER} {REFERENCE_STEPS} steps in "
+        f"{time.perf_counter() - t0:.1f} s")
+    for sampler in CONVERGENCE_SAMPLERS:
+        for steps in CONVERGENCE_STEPS:
+            t0 = time.perf_counter()
+            diff = final_latents(pipe, inputs, sampler, steps) - reference
+            seconds = time.perf_counter() - t0
+            rms, max_abs = float(np.sqrt(np.mean(diff ** 2))), float(np.max(np.abs(diff)))
+            log(f"  {sampler} {steps} steps: rms {rms:.4g}, max abs {max_abs:.4g} ({seconds:.2f} s)")
+            yield Row(p.name, "mindspore", dtype, times=[seconds],
+                      extra={"mode": ctx.mode, "variant": f"{sampler} {steps}", "scheduler": sampler, "steps": steps,
+                             "reference": f"{REFERENCE_SAMPLER}-{REFERENCE_STEPS}", "rms_distance": rms,
+                             "max_abs_distance": max_abs})

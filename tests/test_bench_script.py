@@ -43,10 +43,11 @@ def test_bench_list_and_bad_workload():
     assert proc.stdout == ""
 
 
-def test_bench_list_shows_whole_tool_rows():
+def test_bench_list_shows_whole_tool_and_convergence_rows():
     proc = run_bench("--list", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for name in ("tool-768-default", "tool-region-4000x3000-full", "tool-region-4000x3000-mask"):
+    for name in ("tool-768-default", "tool-region-4000x3000-full", "tool-region-4000x3000-mask",
+                 "sampler-convergence-tiny"):
         assert f"{name}  (off by default)" in proc.stdout
     # the mask rectangles of the tool rows: the README's example at 768x768, a 300x300 square in 4000x3000
     assert "--mask-rect 0:250,250:518" in proc.stdout

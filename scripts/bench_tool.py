@@ -21,7 +21,7 @@ from bench_common import GB, SEED, Ctx, Group, Row, log, run_command, short_erro
 from bench_workloads import ms_dtype
 
 SCRIPTS = Path(__file__).resolve().parent
-TOOL_PROMPT = "a hat"
+PROMPT = "a hat"  # the tool rows' prompt, and the one of the fixture's scheduler goldens
 NO_PIPELINE_DIR = "needs --pipeline-dir DIR (prior/ and inpaint/ folders, e.g. from scripts/make_random_pipeline.py)"
 
 
@@ -94,7 +94,7 @@ def tool_command(ctx: Ctx, models: dict, dtype: str, p) -> List[str]:
     work = models["workdir"]
     image = write_input_image(work, p.width, p.height)
     return [sys.executable, "-m", "kandinsky_cli", "inpaint", str(image), "--mask-rect", p.mask_rect,
-            "--prompt", TOOL_PROMPT, "--prior-model", str(ctx.pipeline_dir / "prior"),
+            "--prompt", PROMPT, "--prior-model", str(ctx.pipeline_dir / "prior"),
             "--decoder-model", str(ctx.pipeline_dir / "inpaint"), "--seed", str(SEED), "--dtype", dtype,
             "--mode", ctx.mode, "--json", "--out", str(work / "tool-out.png"), *p.options, *_sampler_options(ctx)]
 
@@ -104,7 +104,7 @@ def diffusers_command(ctx: Ctx, models: dict, dtype: str, p) -> List[str]:
     sampler the tool reported for its run."""
     work, job = models["workdir"], models["parameters"]
     argv = [sys.executable, str(SCRIPTS / "diffusers_inpaint.py"), str(write_input_image(work, p.width, p.height)),
-            "--mask-rect", p.mask_rect, "--prompt", TOOL_PROMPT, "--prior-model", str(ctx.pipeline_dir / "prior"),
+            "--mask-rect", p.mask_rect, "--prompt", PROMPT, "--prior-model", str(ctx.pipeline_dir / "prior"),
             "--decoder-model", str(ctx.pipeline_dir / "inpaint"), "--seed", str(SEED), "--dtype", dtype,
             "--steps", str(job["steps"]), "--prior-steps", str(job["prior_steps"]),
             "--guidance", str(job["guidance_scale"]), "--prior-guidance", str(job["prior_guidance_scale"]),
@@ -207,7 +207,7 @@ def final_latents(pipe, inputs, sampler: str, steps: int) -> np.ndarray:
 
     height, width = inputs["mask"].shape
     debug: dict = {}
-    pipe(TOOL_PROMPT, inputs["image"], inputs["mask"], inputs["image_embeds"], inputs["negative_image_embeds"],
+    pipe(PROMPT, inputs["image"], inputs["mask"], inputs["image_embeds"], inputs["negative_image_embeds"],
          height=height, width=width, num_inference_steps=steps, guidance_scale=4.0, scheduler=sampler,
          noise=Noise(SEED), debug=debug)
     return np.asarray(debug["step_latents_out"][-1], np.float64)

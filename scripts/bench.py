@@ -6,6 +6,7 @@
     python scripts/bench.py --workload pipeline-real-768-50   # off by default: minutes and ~20 GB
     python scripts/bench.py --json --no-torch                 # one JSON object per line, MindSpore only
     python scripts/bench.py --list                            # what each workload measures
+    python scripts/bench.py --workload tool-768-default --pipeline-dir /tmp/real --dtype float32 --repeats 1
 
 Every row times one workload (after ``--warmup`` untimed calls; in graph mode the first call compiles) over
 ``--repeats`` calls and reports median, min and max seconds and the peak process RSS while the workload ran
@@ -18,921 +19,186 @@ diffusers/transformers in the same process; the real-size torch model is built w
 weights are copied by name into the MindSpore cell, so both sides compute on the same numbers. Only one big
 model is alive at a time: torch rows, copy, free the torch model, MindSpore rows, free. torch/diffusers are an
 optional benchmark extra, never a runtime dependency of the tool.
+
+Whole-tool rows (``tool-*``) run one ``kandinsky inpaint`` command per repeat in a fresh child process on the
+pipeline folders of ``--pipeline-dir`` (skipped without it) and report its wall time, its peak RSS and the
+per-stage times of its --json ``timings``; ``tool-SIZE-default`` runs the same job through diffusers too.
+``sampler-convergence-tiny`` reports how far few-step samplers land from a many-step DDIM solution.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import re
-import shutil
-import statistics
+import string
+import subprocess
 import sys
-import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
-
-import numpy as np
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmark the checkout this script belongs to
     sys.path.insert(0, str(REPO))
 
+from bench_common import Ctx, Group, Row, log, short_error  # noqa: E402
+from bench_tool import (RowsGroup, ToolGroup, convergence_rows, diffusers_command, region_params,  # noqa: E402
+                        tool_command, tool_params)
+from bench_workloads import (clip_text_ms, clip_text_torch, component_group, latent_params,  # noqa: E402
+                             load_tiny_ms, load_tiny_torch, mclip_ms, mclip_torch, movq_decode_ms, movq_decode_torch,
+                             movq_encode_ms, movq_encode_torch, ms_clip_text, ms_mclip, ms_movq, ms_prior, ms_unet,
+                             nothing_group, pipeline_ms, pipeline_params, pipeline_torch, prior_ms, prior_torch,
+                             quiet_diffusers, real_pipeline_group, tiny_pipeline_group, torch_clip_text, torch_mclip,
+                             torch_movq, torch_prior, torch_unet, unet_ms, unet_torch)
+from diffusers_inpaint import SCHEDULERS  # noqa: E402
+
 DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "kandinsky21-tiny"
 DEFAULT_CONFIGS = REPO / "configs" / "kandinsky-2-1"
 DTYPES = ("float32", "float16")
-GB = 1024 ** 3
-CFG_BATCH = 2          # prompt + negative, as every guided step runs
-TEXT_LEN = 77          # both tokenizers pad to 77
-PROMPT_TOKENS = 12     # random "prompt" tokens before the end token; the rest is padding
-STEP_T = 500           # timestep used for single-step rows (cost does not depend on it)
-SEED = 0
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# memory
-# --------------------------------------------------------------------------------------------------------------
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def current_rss() -> Optional[int]:
-    """Resident set size of this process in bytes (None where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _read_hwm() -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-class RssSampler:
-    """Max RSS seen by a background thread polling /proc/self/statm every ``interval`` seconds.
-
-    The kernel's own high-water mark (VmHWM, reset on entry) is read on exit too: it also catches transients
-    shorter than the polling interval or during calls that hold the GIL.
-    """
-
-    def __init__(self, interval: float = 0.02):
-        self.interval = interval
-        self.start = self.peak = self.hwm = None
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self):
-        rss = current_rss()
-        if rss is not None:
-            self.peak = rss if self.peak is None else max(self.peak, rss)
-            self.samples += 1
-
-    def _run(self):
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self):
-        self._hwm_ok = _reset_hwm()
-        self.start = current_rss()
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        if self._hwm_ok:
-            self.hwm = _read_hwm()
-        return False
-
-
-def free_memory() -> None:
-    gc.collect()
-    try:  # give freed heap pages back to the OS so the next row's RSS starts low
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-# --------------------------------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    workload: str
-    impl: str
-    dtype: str
-    times: List[float] = field(default_factory=list)
-    first_call_s: Optional[float] = None
-    peak_rss: Optional[int] = None
-    start_rss: Optional[int] = None
-    hwm: Optional[int] = None
-    skipped: Optional[str] = None
-    ratio: Optional[float] = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def median(self) -> Optional[float]:
-        return statistics.median(self.times) if self.times else None
-
-    def as_json(self) -> dict:
-        gb = (lambda b: None if b is None else round(b / GB, 3))
-        out = {"workload": self.workload, "impl": self.impl, "dtype": self.dtype,
-               "median_s": self.median, "min_s": min(self.times) if self.times else None,
-               "max_s": max(self.times) if self.times else None, "peak_rss_gb": gb(self.peak_rss),
-               "repeats": len(self.times), "first_call_s": self.first_call_s, "rss_start_gb": gb(self.start_rss),
-               "peak_rss_hwm_gb": gb(self.hwm)}
-        if self.impl == "mindspore":
-            out["ratio"] = self.ratio
-        if self.skipped:
-            out["skipped"] = self.skipped
-        out.update(self.extra)
-        return out
-
-
-def measure(workload: str, impl: str, dtype: str, run: Callable[[], object], warmup: int, repeats: int,
-            extra: dict) -> Row:
-    row = Row(workload, impl, dtype, extra=dict(extra))
-    with RssSampler() as mem:
-        for i in range(warmup):
-            t0 = time.perf_counter()
-            run()
-            if i == 0:
-                row.first_call_s = time.perf_counter() - t0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run()
-            row.times.append(time.perf_counter() - t0)
-    row.peak_rss, row.start_rss, row.hwm = mem.peak, mem.start, mem.hwm
-    return row
-
-
-def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = next((line for line in text if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:200]}"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# shared inputs (numpy, identical for both frameworks)
-# --------------------------------------------------------------------------------------------------------------
-def read_config(configs: Path, name: str) -> dict:
-    return json.loads((configs / name).read_text(encoding="utf-8"))
-
-
-def public(config: dict) -> dict:
-    """A config without diffusers' private keys (``_class_name``, ``_diffusers_version``)."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def np_dtype(dtype: str):
-    return np.float16 if dtype == "float16" else np.float32
-
-
-def randn(rng, shape) -> np.ndarray:
-    return rng.standard_normal(shape, dtype=np.float32)
-
-
-def clip_ids(vocab: int, batch: int = 1) -> np.ndarray:
-    """(batch, 77) ids as the CLIP tokenizer makes them: bos, prompt tokens, eos, then eos padding."""
-    rng = np.random.default_rng(SEED)
-    bos, eos = vocab - 2, vocab - 1
-    ids = np.full((batch, TEXT_LEN), eos, np.int64)
-    ids[:, 0] = bos
-    ids[:, 1:1 + PROMPT_TOKENS] = rng.integers(300, vocab - 2, (batch, PROMPT_TOKENS))
-    return ids
-
-
-def xlmr_ids(vocab: int, batch: int = 1):
-    """(ids, mask), (batch, 77): <s>, prompt tokens, </s>, then <pad> (id 1) with mask 0."""
-    rng = np.random.default_rng(SEED)
-    ids = np.ones((batch, TEXT_LEN), np.int64)
-    ids[:, 0] = 0
-    ids[:, 1:1 + PROMPT_TOKENS] = rng.integers(5, vocab, (batch, PROMPT_TOKENS))
-    ids[:, 1 + PROMPT_TOKENS] = 2
-    mask = np.zeros((batch, TEXT_LEN), np.int64)
-    mask[:, :2 + PROMPT_TOKENS] = 1
-    return ids, mask
-
-
-def inpaint_inputs(size: int, embed_dim: int):
-    """uint8 image (size, size, 3), float mask (size, size) with a centred square to repaint, embeds (1, E) x2."""
-    rng = np.random.default_rng(SEED)
-    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    mask = np.zeros((size, size), np.float32)
-    mask[size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
-    return image, mask, randn(rng, (1, embed_dim)), randn(rng, (1, embed_dim))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# weights: torch state dict -> MindSpore cell, or random
-# --------------------------------------------------------------------------------------------------------------
-def _set_param(param, arr: np.ndarray, dtype: str) -> None:
-    """As model_io.load_weights: floats are cast to the run dtype, the Parameter's dtype follows."""
-    import mindspore as ms
-
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.ascontiguousarray(arr, dtype=np_dtype(dtype))
-        param.set_dtype(ms.float16 if dtype == "float16" else ms.float32)
-    param.set_data(ms.Tensor(arr))
-
-
-def copy_torch_weights(cell, module, dtype: str) -> None:
-    """Every parameter of ``cell`` from ``module.state_dict()`` by name (extra torch keys are ignored)."""
-    import torch
-
-    state = module.state_dict()
-    params = dict(cell.parameters_and_names())
-    missing = [n for n in params if n not in state]
-    if missing:
-        raise RuntimeError(f"{type(module).__name__} has no tensor {missing[0]} (and {len(missing) - 1} more)")
-    for name, param in params.items():
-        tensor = state[name].detach()
-        if tuple(tensor.shape) != tuple(param.shape):
-            raise RuntimeError(f"{name}: torch shape {tuple(tensor.shape)} != MindSpore {tuple(param.shape)}")
-        if tensor.is_floating_point():
-            tensor = tensor.to(torch.float16 if dtype == "float16" else torch.float32)
-        # a private copy: the MindSpore tensor must not keep the torch storage alive
-        _set_param(param, np.array(tensor.numpy(), copy=True), dtype)
-    cell.set_train(False)
-
-
-def random_array(rng, name: str, shape) -> np.ndarray:
-    """Plausible random weights: norm scales 1, biases 0, matrices N(0, 1/fan_in)."""
-    shape = tuple(shape)
-    if len(shape) <= 1:
-        return (np.zeros if name.endswith("bias") or not name.endswith("weight") else np.ones)(shape, np.float32)
-    fan_in = int(np.prod(shape[1:]))
-    return randn(rng, shape) * np.float32(fan_in ** -0.5)
-
-
-def fill_random(cell, dtype: str, seed: int = SEED) -> None:
-    rng = np.random.default_rng(seed)
-    for name, param in cell.parameters_and_names():
-        _set_param(param, random_array(rng, name, param.shape), dtype)
-    cell.set_train(False)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# model builders (real sizes, from configs/kandinsky-2-1)
-# --------------------------------------------------------------------------------------------------------------
-class Ctx:
-    """Run-wide settings handed to every workload."""
-
-    def __init__(self, args, torch_ok: bool):
-        self.configs: Path = args.configs
-        self.fixture: Path = args.fixture
-        self.mode: str = args.mode
-        self.torch: bool = torch_ok
-        self.tmpdir = args.tmpdir
-
-    def config(self, name: str) -> dict:
-        return read_config(self.configs, name)
-
-
-def torch_dtype(dtype: str):
-    import torch
-
-    return torch.float16 if dtype == "float16" else torch.float32
-
-
-def _torch_init(build):
-    """Build a torch module with torch's random init (seeded), eval mode."""
-    import torch
-
-    torch.manual_seed(SEED)
-    with torch.no_grad():
-        module = build()
-    return module.eval()
-
-
-def torch_clip_text(ctx: Ctx):
-    import transformers
-
-    cfg = public(ctx.config("text_encoder.json"))
-    cfg.pop("architectures", None)
-    return _torch_init(lambda: transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(**cfg)))
-
-
-def torch_mclip(ctx: Ctx):
-    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
-
-    cfg = public(ctx.config("text_encoder_mclip.json"))
-    for key in ("architectures", "model_type"):
-        cfg.pop(key, None)
-    dims = dict(transformerDimSize=cfg.pop("transformerDimensions", 1024), imageDimSize=cfg.pop("numDims", 768))
-    return _torch_init(lambda: MultilingualCLIP(MCLIPConfig(**dims, **cfg)))
-
-
-def torch_prior(ctx: Ctx):
-    import diffusers
-
-    return _torch_init(lambda: diffusers.PriorTransformer(**public(ctx.config("prior.json"))))
-
-
-def torch_unet(ctx: Ctx):
-    import diffusers
-
-    return _torch_init(lambda: diffusers.UNet2DConditionModel(**public(ctx.config("unet.json"))))
-
-
-def torch_movq(ctx: Ctx):
-    import diffusers
-
-    return _torch_init(lambda: diffusers.VQModel(**public(ctx.config("movq.json"))))
-
-
-def ms_clip_text(ctx: Ctx):
-    from kandinsky_cli.clip import CLIPTextModelWithProjection
-
-    return CLIPTextModelWithProjection(ctx.config("text_encoder.json"))
-
-
-def ms_mclip(ctx: Ctx):
-    from kandinsky_cli.mclip import MultilingualCLIP
-
-    return MultilingualCLIP(ctx.config("text_encoder_mclip.json"))
-
-
-def ms_prior(ctx: Ctx):
-    from kandinsky_cli.prior import PriorTransformer
-
-    return PriorTransformer(ctx.config("prior.json"))
-
-
-def ms_unet(ctx: Ctx):
-    from kandinsky_cli.unet import UNet2DConditionModel
-
-    return UNet2DConditionModel(ctx.config("unet.json"))
-
-
-def ms_movq(ctx: Ctx):
-    from kandinsky_cli.movq import VQModel
-
-    return VQModel.from_config(ctx.config("movq.json"))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# workloads
-# --------------------------------------------------------------------------------------------------------------
-class Group:
-    """Workloads sharing models: the models are built once per dtype, torch rows first, then MindSpore rows.
-
-    ``torch_models(ctx, dtype)`` -> dict of torch objects (already cast); ``ms_models(ctx, dtype, torch_models)``
-    -> dict of MindSpore objects (weights copied from the torch models, or random when they are None).
-    Each workload has ``torch_run(models, dtype)`` / ``ms_run(models, dtype, mode)`` returning the zero-argument
-    callable that is timed (inputs are prepared outside it).
-    """
-
-    torch_models: Callable = None
-    ms_models: Callable = None
-
-    def __init__(self, key: str, ms_source: str = "weights copied from the torch models, or random without torch"):
-        self.key = key
-        self.ms_source = ms_source
-
-
-@dataclass
-class Workload:
-    name: str
-    group: Group
-    what_ms: str
-    what_torch: str
-    torch_run: Callable
-    ms_run: Callable
-    default: bool = True
-
-
-def _cast(module, dtype: str):
-    return module.to(torch_dtype(dtype))
-
-
-def _component_group(key: str, torch_build, ms_build, name: str) -> Group:
-    group = Group(key)
-
-    def torch_models(ctx, dtype):
-        return {name: _cast(torch_build(ctx), dtype)}
-
-    def ms_models(ctx, dtype, tmodels):
-        cell = ms_build(ctx)
-        if tmodels is not None:
-            copy_torch_weights(cell, tmodels[name], dtype)
-        else:
-            fill_random(cell, dtype)
-        return {name: cell}
-
-    group.torch_models, group.ms_models = torch_models, ms_models
-    return group
-
-
-def _ms_tensor(arr, dtype=None):
-    import mindspore as ms
-
-    return ms.Tensor(arr if dtype is None else np.asarray(arr, dtype=np_dtype(dtype)))
-
-
-def _torch_tensor(arr, dtype=None):
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    return t if dtype is None else t.to(torch_dtype(dtype))
-
-
-# -- CLIP text (prior) ------------------------------------------------------------------------------------------
-def clip_text_torch(models, dtype):
-    import torch
-
-    model = models["clip"]
-    ids = _torch_tensor(clip_ids(model.config.vocab_size))
-
-    def run():
-        with torch.no_grad():
-            out = model(input_ids=ids)
-        return out.text_embeds, out.last_hidden_state
-    return run
-
-
-def clip_text_ms(models, dtype, mode):
-    from kandinsky_cli.layers import compiled
-
-    cell = models["clip"]
-    fn = compiled(cell, mode)
-    ids = _ms_tensor(clip_ids(cell.config["vocab_size"]).astype(np.int32))
-
-    def run():
-        embeds, hidden = fn(ids)
-        return embeds.asnumpy(), hidden.asnumpy()
-    return run
-
-
-# -- M-CLIP (decoder) -------------------------------------------------------------------------------------------
-def mclip_torch(models, dtype):
-    import torch
-
-    model = models["mclip"]
-    ids, mask = (_torch_tensor(a) for a in xlmr_ids(model.config.vocab_size))
-
-    def run():
-        with torch.no_grad():
-            return model(input_ids=ids, attention_mask=mask)
-    return run
-
-
-def mclip_ms(models, dtype, mode):
-    from kandinsky_cli.layers import compiled
-
-    cell = models["mclip"]
-    fn = compiled(cell, mode)
-    ids, mask = (_ms_tensor(a.astype(np.int32)) for a in xlmr_ids(cell.config.vocab_size))
-
-    def run():
-        embeds, hidden = fn(ids, mask)
-        return embeds.asnumpy(), hidden.asnumpy()
-    return run
-
-
-# -- prior step ---------------------------------------------------------------------------------------------------
-def _prior_inputs(embedding_dim: int, num_embeddings: int):
-    rng = np.random.default_rng(SEED)
-    x = randn(rng, (CFG_BATCH, embedding_dim))
-    proj = randn(rng, (CFG_BATCH, embedding_dim))
-    hidden = randn(rng, (CFG_BATCH, num_embeddings, embedding_dim))
-    mask = np.zeros((CFG_BATCH, num_embeddings), bool)
-    mask[:, :2 + PROMPT_TOKENS] = True
-    return x, proj, hidden, mask
-
-
-def prior_torch(models, dtype):
-    import torch
-
-    model = models["prior"]
-    cfg = model.config
-    x, proj, hidden, mask = _prior_inputs(cfg.embedding_dim, cfg.num_embeddings)
-    x, proj, hidden = (_torch_tensor(a, dtype) for a in (x, proj, hidden))
-    mask, t = _torch_tensor(mask), torch.tensor(STEP_T)
-
-    def run():
-        with torch.no_grad():
-            return model(x, timestep=t, proj_embedding=proj, encoder_hidden_states=hidden,
-                         attention_mask=mask).predicted_image_embedding
-    return run
-
-
-def prior_ms(models, dtype, mode):
-    from kandinsky_cli.layers import compiled
-
-    cell = models["prior"]
-    fn = compiled(cell, mode)
-    x, proj, hidden, mask = _prior_inputs(cell.embedding_dim, cell.config["num_embeddings"])
-    # as PriorPipeline: every input (the boolean text mask too) goes in as a tensor of the run dtype
-    x, proj, hidden, mask = (_ms_tensor(a, dtype) for a in (x, proj, hidden, mask))
-
-    def run():
-        return fn(x, cell.timestep_input(STEP_T, CFG_BATCH), proj, hidden, mask).asnumpy()
-    return run
-
-
-# -- UNet step ----------------------------------------------------------------------------------------------------
-def _unet_inputs(cfg: dict, latent: int):
-    rng = np.random.default_rng(SEED)
-    sample = randn(rng, (CFG_BATCH, cfg["in_channels"], latent, latent))
-    hidden = randn(rng, (CFG_BATCH, TEXT_LEN, cfg["encoder_hid_dim"]))
-    text = randn(rng, (CFG_BATCH, cfg["cross_attention_dim"]))
-    image = randn(rng, (CFG_BATCH, cfg["cross_attention_dim"]))
-    return sample, hidden, text, image
-
-
-def unet_torch(size: int, factor: int):
-    def make(models, dtype):
-        import torch
-
-        model = models["unet"]
-        sample, hidden, text, image = (_torch_tensor(a, dtype) for a in _unet_inputs(model.config, size // factor))
-        t = torch.tensor(STEP_T)
-
-        def run():
-            with torch.no_grad():
-                return model(sample, t, encoder_hidden_states=hidden,
-                             added_cond_kwargs={"text_embeds": text, "image_embeds": image}, return_dict=False)[0]
-        return run
-    return make
-
-
-def unet_ms(size: int, factor: int):
-    def make(models, dtype, mode):
-        from kandinsky_cli.layers import compiled
-
-        cell = models["unet"]
-        fn = compiled(cell, mode)
-        sample, hidden, text, image = (_ms_tensor(a, dtype) for a in _unet_inputs(cell.config, size // factor))
-
-        def run():  # as InpaintPipeline's denoising loop: host timestep embedding, compiled UNet, to numpy
-            return fn(sample, cell.time_proj(np.full(CFG_BATCH, STEP_T)), hidden, text, image).asnumpy()
-        return run
-    return make
-
-
-# -- MoVQ ---------------------------------------------------------------------------------------------------------
-def _movq_factor(cfg: dict) -> int:
-    return 2 ** (len(cfg["block_out_channels"]) - 1)
-
-
-def movq_encode_torch(size: int):
-    def make(models, dtype):
-        import torch
-
-        model = models["movq"]
-        x = _torch_tensor(np.clip(randn(np.random.default_rng(SEED), (1, 3, size, size)), -1, 1), dtype)
-
-        def run():
-            with torch.no_grad():
-                return model.encode(x).latents
-        return run
-    return make
-
-
-def movq_encode_ms(size: int):
-    def make(models, dtype, mode):
-        from kandinsky_cli.layers import compiled
-
-        cell = models["movq"]
-        fn = compiled(cell.encode_latents, mode)
-        x = _ms_tensor(np.clip(randn(np.random.default_rng(SEED), (1, 3, size, size)), -1, 1), dtype)
-        return lambda: fn(x).asnumpy()
-    return make
-
-
-def movq_decode_torch(size: int):
-    def make(models, dtype):
-        import torch
-
-        model = models["movq"]
-        f = _movq_factor(model.config)
-        z = _torch_tensor(randn(np.random.default_rng(SEED), (1, model.config.latent_channels, size // f, size // f)),
-                          dtype)
-
-        def run():
-            with torch.no_grad():
-                return model.decode(z, force_not_quantize=True).sample
-        return run
-    return make
-
-
-def movq_decode_ms(size: int):
-    def make(models, dtype, mode):
-        from kandinsky_cli.layers import compiled
-
-        cell = models["movq"]
-        f = cell.scale_factor
-        fn = compiled(cell.decode_latents, mode)
-        z = _ms_tensor(randn(np.random.default_rng(SEED), (1, cell.config["latent_channels"], size // f, size // f)),
-                       dtype)
-        return lambda: fn(z).asnumpy()
-    return make
-
-
-# -- tiny fixture: loading and the whole decoder pipeline ------------------------------------------------------------
-def _quiet_diffusers():
-    import warnings
-
-    import diffusers
-    import transformers
-
-    # from_pretrained(torch_dtype=...) is what every diffusers version understands; 0.42 asks for dtype= instead
-    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _torch_pipelines(fixture: Path, dtype: str, prior: bool = True):
-    from diffusers import KandinskyInpaintPipeline, KandinskyPriorPipeline
-
-    _quiet_diffusers()
-    inpaint = KandinskyInpaintPipeline.from_pretrained(fixture / "inpaint", torch_dtype=torch_dtype(dtype))
-    inpaint.set_progress_bar_config(disable=True)
-    if not prior:
-        return inpaint
-    return inpaint, KandinskyPriorPipeline.from_pretrained(fixture / "prior", torch_dtype=torch_dtype(dtype))
-
-
-def _ms_dtype(dtype: str):
-    import mindspore as ms
-
-    return ms.float16 if dtype == "float16" else ms.float32
-
-
-def load_tiny_torch(ctx):
-    def make(models, dtype):
-        return lambda: _torch_pipelines(ctx.fixture, dtype)
-    return make
-
-
-def load_tiny_ms(ctx):
-    def make(models, dtype, mode):
-        from kandinsky_cli.inpaint_pipeline import InpaintPipeline
-        from kandinsky_cli.prior_pipeline import PriorPipeline
-
-        return lambda: (InpaintPipeline(ctx.fixture / "inpaint", _ms_dtype(dtype), mode),
-                        PriorPipeline(ctx.fixture / "prior", _ms_dtype(dtype), mode))
-    return make
-
-
-PROMPT = "a red hat, 4k photo"
-
-
-def pipeline_torch(size: int, steps: int):
-    def make(models, dtype):
-        import torch
-
-        pipe = models["pipe"]
-        image, mask, emb, neg = inpaint_inputs(size, pipe.unet.config.cross_attention_dim)
-        emb, neg = _torch_tensor(emb), _torch_tensor(neg)
-
-        def run():
-            with torch.no_grad():
-                return pipe(PROMPT, image, mask, emb, neg, height=size, width=size, num_inference_steps=steps,
-                            guidance_scale=4.0, generator=torch.Generator().manual_seed(SEED),
-                            output_type="np").images
-        return run
-    return make
-
-
-def pipeline_ms(size: int, steps: int):
-    def make(models, dtype, mode):
-        from kandinsky_cli.noise import Noise
-
-        pipe = models["pipe"]
-        image, mask, emb, neg = inpaint_inputs(size, pipe.image_embed_dim)
-        # models loaded, as the torch row: keep the text encoder, but encode the texts again on every call
-        pipe.keep_text_encoder = True
-
-        def run():
-            pipe.clear_text_cache()
-            return pipe(PROMPT, image, mask, emb, neg, height=size, width=size, num_inference_steps=steps,
-                        guidance_scale=4.0, noise=Noise(SEED))
-        return run
-    return make
-
-
-def _tiny_pipeline_group(ctx: Ctx) -> Group:
-    group = Group("tiny-pipeline", "from the fixture")
-
-    def torch_models(ctx, dtype):
-        return {"pipe": _torch_pipelines(ctx.fixture, dtype, prior=False)}
-
-    def ms_models(ctx, dtype, tmodels):
-        from kandinsky_cli.inpaint_pipeline import InpaintPipeline
-
-        return {"pipe": InpaintPipeline(ctx.fixture / "inpaint", _ms_dtype(dtype), ctx.mode)}
-
-    group.torch_models, group.ms_models = torch_models, ms_models
-    return group
-
-
-# -- real-size decoder pipeline (random weights written to a temporary pipeline folder for MindSpore) -------------
-def _write_component(folder: Path, config: dict, weights_name: str, state: Dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    save_file(state, str(folder / f"{weights_name}.safetensors"))
-
-
-def _real_pipeline_group(ctx: Ctx) -> Group:
-    group = Group("real-pipeline")
-    components = (("text_encoder", "text_encoder_mclip.json", "model", torch_mclip, ms_mclip),
-                  ("unet", "unet.json", "diffusion_pytorch_model", torch_unet, ms_unet),
-                  ("movq", "movq.json", "diffusion_pytorch_model", torch_movq, ms_movq))
-
-    def torch_models(ctx, dtype):
-        from diffusers import DDIMScheduler, KandinskyInpaintPipeline
-        from transformers import AutoTokenizer
-
-        _quiet_diffusers()
-        parts = {}
-        for name, _, _, build, _ in components:
-            log(f"  building torch {name} ({dtype})")
-            parts[name] = _cast(build(ctx), dtype)
-        pipe = KandinskyInpaintPipeline(
-            text_encoder=parts["text_encoder"], unet=parts["unet"], movq=parts["movq"],
-            # the fixture's tokenizer (1002 pieces) stands in for XLM-R's: the text length is padded to 77 anyway
-            tokenizer=AutoTokenizer.from_pretrained(ctx.fixture / "inpaint" / "tokenizer"),
-            scheduler=DDIMScheduler.from_pretrained(ctx.fixture / "inpaint" / "scheduler"))
-        pipe.set_progress_bar_config(disable=True)
-        return {"pipe": pipe}
-
-    def ms_models(ctx, dtype, tmodels):
-        import mindspore as ms  # noqa: F401  (before the pipeline import, as the CLI does)
-        from kandinsky_cli.inpaint_pipeline import InpaintPipeline
-
-        root = Path(tempfile.mkdtemp(prefix="kandinsky-bench-", dir=ctx.tmpdir))
-        try:
-            src = ctx.fixture / "inpaint"
-            shutil.copy(src / "model_index.json", root / "model_index.json")
-            for sub in ("tokenizer", "scheduler"):
-                shutil.copytree(src / sub, root / sub)
-            for name, config_file, weights, _, ms_build in components:
-                log(f"  writing {name} weights ({dtype}) to {root}")
-                if tmodels is not None:
-                    module = getattr(tmodels["pipe"], name)
-                    state = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in module.state_dict().items()}
-                else:
-                    cell = ms_build(ctx)
-                    rng = np.random.default_rng(SEED)
-                    state = {k: random_array(rng, k, p.shape).astype(np_dtype(dtype))
-                             for k, p in cell.parameters_and_names()}
-                    del cell
-                _write_component(root / name, ctx.config(config_file), weights, state)
-                del state
-                free_memory()
-            if tmodels is not None:
-                tmodels.clear()
-                free_memory()
-            log(f"  loading the MindSpore pipeline from {root}")
-            return {"pipe": InpaintPipeline(root, _ms_dtype(dtype), ctx.mode)}
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-    group.torch_models, group.ms_models = torch_models, ms_models
-    return group
-
 
 # --------------------------------------------------------------------------------------------------------------
 # the workload table
 # --------------------------------------------------------------------------------------------------------------
-PATTERNS = {
-    "pipeline": re.compile(r"^pipeline-(tiny|real)-(\d+)-(\d+)$"),
-    "unet": re.compile(r"^unet-step-(\d+)$"),
-    "movq": re.compile(r"^movq-(encode|decode)-(\d+)$"),
+# group key -> the models its workloads share (built once per dtype), or how its rows are run
+GROUPS: Dict[str, Group] = {
+    "none": nothing_group(),
+    "clip": component_group("clip", torch_clip_text, ms_clip_text),
+    "mclip": component_group("mclip", torch_mclip, ms_mclip),
+    "prior": component_group("prior", torch_prior, ms_prior),
+    "unet": component_group("unet", torch_unet, ms_unet),
+    "movq": component_group("movq", torch_movq, ms_movq),
+    "tiny-pipeline": tiny_pipeline_group(),
+    "real-pipeline": real_pipeline_group(),
+    "tool": ToolGroup(),
+    "convergence": RowsGroup("convergence"),
 }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the workload table. ``name`` may hold fields read from the workload's name ({size}, {steps},
+    {width}, {height}, {region}); ``params(ctx, name, **fields)`` checks them and derives more; the descriptions are
+    formatted with the result. ``ms`` / ``torch`` are called as ``(ctx, models, dtype, p)`` (see the group)."""
+
+    name: str
+    group: str
+    ms: Callable
+    torch: Optional[Callable]       # None: MindSpore only
+    what_ms: str
+    what_torch: str
+    default: bool = True            # False: never in the default set (minutes and GBs, or it needs an option)
+    params: Optional[Callable] = None
+    listed: Tuple[str, ...] = ()    # instances --list shows besides the default set
+
+
+PIPELINE_CALL = ("one {size}x{size} inpaint call, {steps} DDIM steps, guidance 4, given image embeddings "
+                 "(M-CLIP x2, MoVQ encode, {steps} UNet steps, MoVQ decode); pipelines loaded beforehand")
+MS_ONLY = "none (MindSpore only)"
+TOOL_RUN = ("a fresh process per run: wall time, its peak RSS, the per-stage times of its --json timings; "
+            "bench.py's --scheduler/--steps/--prior-steps when given, the tool's defaults otherwise")
+
+TABLE = (
+    Entry("load-tiny", "none", load_tiny_ms, load_tiny_torch,
+          "InpaintPipeline(fixture/inpaint) + PriorPipeline(fixture/prior) construction "
+          "(tokenizers, configs, safetensors -> cells; graph compilation happens later, on first call)",
+          "KandinskyInpaintPipeline.from_pretrained + KandinskyPriorPipeline.from_pretrained"),
+    Entry("clip-text", "clip", clip_text_ms, clip_text_torch,
+          "compiled CLIPTextModelWithProjection(ids (1, 77)) + asnumpy",
+          "transformers CLIPTextModelWithProjection(input_ids (1, 77))"),
+    Entry("mclip-text", "mclip", mclip_ms, mclip_torch,
+          "compiled MultilingualCLIP(ids, mask (1, 77)) + asnumpy",
+          "diffusers MultilingualCLIP(input_ids, attention_mask (1, 77))"),
+    Entry("prior-step", "prior", prior_ms, prior_torch,
+          "compiled PriorTransformer(x (2, 768), timestep_input, proj (2, 768), hidden (2, 77, 768), "
+          "mask (2, 77)) + asnumpy",
+          "diffusers PriorTransformer(same inputs, bool mask)"),
+    Entry("unet-step-{size}", "unet", unet_ms, unet_torch,
+          "compiled UNet(sample (2, 9, {lat}, {lat}), time_proj, hidden (2, 77, 1024), "
+          "text/image embeds (2, 768)) + asnumpy",
+          "diffusers UNet2DConditionModel(same inputs, added_cond_kwargs)", params=latent_params),
+    Entry("movq-encode-{size}", "movq", movq_encode_ms, movq_encode_torch,
+          "compiled VQModel.encode_latents(image (1, 3, {size}, {size})) + asnumpy",
+          "diffusers VQModel.encode(image).latents", params=latent_params),
+    Entry("movq-decode-{size}", "movq", movq_decode_ms, movq_decode_torch,
+          "compiled VQModel.decode_latents(latents (1, 4, {lat}, {lat})) + asnumpy",
+          "diffusers VQModel.decode(latents, force_not_quantize=True)", params=latent_params),
+    Entry("pipeline-tiny-{size}-{steps}", "tiny-pipeline", pipeline_ms, pipeline_torch,
+          "InpaintPipeline.__call__ -- tiny fixture: " + PIPELINE_CALL,
+          "KandinskyInpaintPipeline.__call__(output_type='np') -- same", params=pipeline_params),
+    Entry("pipeline-real-{size}-{steps}", "real-pipeline", pipeline_ms, pipeline_torch,
+          "InpaintPipeline.__call__ -- real-size random weights: " + PIPELINE_CALL,
+          "KandinskyInpaintPipeline.__call__(output_type='np') -- same", default=False, params=pipeline_params,
+          listed=("pipeline-real-768-50",)),
+    Entry("tool-{size}-default", "tool", tool_command, diffusers_command,
+          "kandinsky inpaint on a {size}x{size} photo-like image, --mask-rect {mask_rect} --prompt 'a hat' "
+          "--seed 0 --height {size} --width {size}, the --pipeline-dir folders; " + TOOL_RUN,
+          "scripts/diffusers_inpaint.py: KandinskyPriorPipeline, freed, then KandinskyInpaintPipeline from the "
+          "same folders, repeating the job the tool reported (steps, guidance, size, sampler); the same measures",
+          default=False, params=tool_params, listed=("tool-768-default",)),
+    Entry("tool-region-{width}x{height}-{region}", "tool", tool_command, None,
+          "kandinsky inpaint --region {region} on a {width}x{height} photo-like image, --mask-rect {mask_rect} "
+          "--prompt 'a hat' --seed 0, the --pipeline-dir folders; " + TOOL_RUN,
+          MS_ONLY, default=False, params=region_params,
+          listed=("tool-region-4000x3000-full", "tool-region-4000x3000-mask")),
+    Entry("sampler-convergence-tiny", "convergence", convergence_rows, None,
+          "tiny fixture, golden/schedulers.npz inputs, prompt 'a hat', 64x64, seed 0: one row per sampler "
+          "(ddim, dpmpp-2m, dpmpp-2m-karras) and step count (10, 25, 50) with the RMS and max abs distance of its "
+          "final latents from a 999-step DDIM solution from the same start noise, and the call time",
+          MS_ONLY, default=False, listed=("sampler-convergence-tiny",)),
+)
+
 DEFAULT_WORKLOADS = ("load-tiny", "pipeline-tiny-64-10", "clip-text", "mclip-text", "prior-step", "unet-step-256",
                      "unet-step-768", "movq-encode-768", "movq-decode-768")
+FIELDS = {"size": r"\d+", "steps": r"\d+", "width": r"\d+", "height": r"\d+", "region": "full|mask"}
 
 
-class Registry:
-    """Workload names -> Workload, with one Group object per shared model set."""
+@dataclass(frozen=True)
+class Workload:
+    """A table line resolved for one name: its group object, descriptions and parameters (``p``)."""
 
-    def __init__(self, ctx: Ctx):
-        self.ctx = ctx
-        self.groups: Dict[str, Group] = {}
-
-    def _group(self, key: str, make: Callable[[], Group]) -> Group:
-        if key not in self.groups:
-            self.groups[key] = make()
-        return self.groups[key]
-
-    def get(self, name: str) -> Workload:
-        ctx = self.ctx
-        if name == "load-tiny":
-            group = self._group("none", lambda: _none_group())
-            return Workload(name, group,
-                            "InpaintPipeline(fixture/inpaint) + PriorPipeline(fixture/prior) construction "
-                            "(tokenizers, configs, safetensors -> cells; graph compilation happens later, on first call)",
-                            "KandinskyInpaintPipeline.from_pretrained + KandinskyPriorPipeline.from_pretrained",
-                            load_tiny_torch(ctx), load_tiny_ms(ctx))
-        if name == "clip-text":
-            group = self._group("clip", lambda: _component_group("clip", torch_clip_text, ms_clip_text, "clip"))
-            return Workload(name, group, "compiled CLIPTextModelWithProjection(ids (1, 77)) + asnumpy",
-                            "transformers CLIPTextModelWithProjection(input_ids (1, 77))", clip_text_torch, clip_text_ms)
-        if name == "mclip-text":
-            group = self._group("mclip", lambda: _component_group("mclip", torch_mclip, ms_mclip, "mclip"))
-            return Workload(name, group, "compiled MultilingualCLIP(ids, mask (1, 77)) + asnumpy",
-                            "diffusers MultilingualCLIP(input_ids, attention_mask (1, 77))", mclip_torch, mclip_ms)
-        if name == "prior-step":
-            group = self._group("prior", lambda: _component_group("prior", torch_prior, ms_prior, "prior"))
-            return Workload(name, group,
-                            "compiled PriorTransformer(x (2, 768), timestep_input, proj (2, 768), hidden (2, 77, 768), "
-                            "mask (2, 77)) + asnumpy",
-                            "diffusers PriorTransformer(same inputs, bool mask)", prior_torch, prior_ms)
-        m = PATTERNS["unet"].match(name)
-        if m:
-            size = int(m.group(1))
-            factor = _movq_factor(ctx.config("movq.json"))
-            self._check_size(name, size, factor)
-            group = self._group("unet", lambda: _component_group("unet", torch_unet, ms_unet, "unet"))
-            lat = size // factor
-            return Workload(name, group,
-                            f"compiled UNet(sample (2, 9, {lat}, {lat}), time_proj, hidden (2, 77, 1024), "
-                            "text/image embeds (2, 768)) + asnumpy",
-                            "diffusers UNet2DConditionModel(same inputs, added_cond_kwargs)",
-                            unet_torch(size, factor), unet_ms(size, factor))
-        m = PATTERNS["movq"].match(name)
-        if m:
-            op, size = m.group(1), int(m.group(2))
-            factor = _movq_factor(ctx.config("movq.json"))
-            self._check_size(name, size, factor)
-            group = self._group("movq", lambda: _component_group("movq", torch_movq, ms_movq, "movq"))
-            lat = size // factor
-            if op == "encode":
-                return Workload(name, group, f"compiled VQModel.encode_latents(image (1, 3, {size}, {size})) + asnumpy",
-                                "diffusers VQModel.encode(image).latents", movq_encode_torch(size), movq_encode_ms(size))
-            return Workload(name, group, f"compiled VQModel.decode_latents(latents (1, 4, {lat}, {lat})) + asnumpy",
-                            "diffusers VQModel.decode(latents, force_not_quantize=True)",
-                            movq_decode_torch(size), movq_decode_ms(size))
-        m = PATTERNS["pipeline"].match(name)
-        if m:
-            kind, size, steps = m.group(1), int(m.group(2)), int(m.group(3))
-            if size <= 0 or size % 64:
-                raise SystemExit(f"error: workload {name}: the size must be a positive multiple of 64")
-            if steps < 1:
-                raise SystemExit(f"error: workload {name}: at least 1 step")
-            if kind == "tiny":
-                group = self._group("tiny-pipeline", lambda: _tiny_pipeline_group(ctx))
-                where = "tiny fixture"
-            else:
-                group = self._group("real-pipeline", lambda: _real_pipeline_group(ctx))
-                where = "real-size random weights"
-            what = (f"{where}: one {size}x{size} inpaint call, {steps} DDIM steps, guidance 4, given image embeddings "
-                    f"(M-CLIP x2, MoVQ encode, {steps} UNet steps, MoVQ decode); pipelines loaded beforehand")
-            return Workload(name, group, "InpaintPipeline.__call__ -- " + what,
-                            "KandinskyInpaintPipeline.__call__(output_type='np') -- same",
-                            pipeline_torch(size, steps), pipeline_ms(size, steps), default=kind == "tiny")
-        raise SystemExit(f"error: unknown workload {name!r}; known: {', '.join(DEFAULT_WORKLOADS)}, "
-                         "unet-step-SIZE, movq-encode-SIZE, movq-decode-SIZE, pipeline-tiny-SIZE-STEPS, "
-                         "pipeline-real-SIZE-STEPS")
-
-    @staticmethod
-    def _check_size(name: str, size: int, factor: int) -> None:
-        if size <= 0 or size % (factor * 8):
-            raise SystemExit(f"error: workload {name}: the size must be a positive multiple of {factor * 8}")
+    name: str
+    group: Group
+    ms: Callable
+    torch: Optional[Callable]
+    what_ms: str
+    what_torch: str
+    default: bool
+    p: SimpleNamespace
 
 
-def _none_group() -> Group:
-    group = Group("none", "nothing to build")
-    group.torch_models = lambda ctx, dtype: {}
-    group.ms_models = lambda ctx, dtype, tmodels: {}
-    return group
+def _pattern(template: str) -> "re.Pattern":
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if field:
+            parts.append(f"(?P<{field}>{FIELDS[field]})")
+    return re.compile("^" + "".join(parts) + "$")
+
+
+def _display(template: str) -> str:
+    """``unet-step-{size}`` -> ``unet-step-SIZE``."""
+    return re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), template)
+
+
+def find_workload(ctx: Ctx, name: str) -> Workload:
+    for entry in TABLE:
+        m = _pattern(entry.name).match(name)
+        if not m:
+            continue
+        fields = {k: int(v) if v.isdigit() else v for k, v in m.groupdict().items()}
+        params = entry.params(ctx, name, **fields) if entry.params else fields
+        return Workload(name, GROUPS[entry.group], entry.ms, entry.torch, entry.what_ms.format(**params),
+                        entry.what_torch.format(**params), entry.default, SimpleNamespace(name=name, **params))
+    raise SystemExit(f"error: unknown workload {name!r}; known: {', '.join(DEFAULT_WORKLOADS)}, "
+                     + ", ".join(_display(e.name) for e in TABLE if "{" in e.name or not e.default))
+
+
+def listed_workloads() -> List[str]:
+    """What ``--list`` describes without --workload: the default set, then an instance of every other line."""
+    return list(DEFAULT_WORKLOADS) + [name for entry in TABLE for name in entry.listed]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -966,102 +232,49 @@ def environment(torch_ok: bool) -> dict:
     return env
 
 
-def _timed_rows(workloads: List[Workload], impl: str, how: str, dtype: str, build_error: Optional[str],
-                extra: dict, args, make_run: Callable):
-    """One Row per workload of one implementation: skipped if its models failed to build or its run raised."""
-    for wl in workloads:
-        if build_error:
-            yield Row(wl.name, impl, dtype, skipped=f"build failed: {build_error}", extra=extra)
-            continue
-        log(f"{wl.name} {impl} {dtype}{how}: {args.warmup} warm-up + {args.repeats} timed")
-        try:
-            row = measure(wl.name, impl, dtype, make_run(wl), args.warmup, args.repeats, extra)
-            log(f"  median {row.median:.3f} s, peak RSS {(row.peak_rss or 0) / GB:.2f} GB")
-        except Exception as exc:
-            row = Row(wl.name, impl, dtype, skipped=short_error(exc), extra=extra)
-            log(f"  skipped: {row.skipped}")
-        free_memory()
-        yield row
-
-
-def run_group(ctx: Ctx, group: Group, workloads: List[Workload], dtype: str, args, emit) -> None:
-    """Torch rows (models built once), copy weights, free torch, MindSpore rows, free: one (group, dtype) unit."""
-    extra_ms = {"mode": ctx.mode, "warmup": args.warmup}
-    extra_torch = {"mode": "eager", "warmup": args.warmup}
-    torch_medians: Dict[str, float] = {}
-    tmodels = None
-    if ctx.torch:
-        t0 = time.perf_counter()
-        log(f"{group.key} {dtype}: building torch/diffusers models")
-        try:
-            tmodels = group.torch_models(ctx, dtype)
-            build_error = None
-        except Exception as exc:
-            build_error = short_error(exc)
-            log(f"  torch build failed: {build_error}")
-        log(f"  built in {time.perf_counter() - t0:.1f} s; RSS {(current_rss() or 0) / GB:.2f} GB")
-        for row in _timed_rows(workloads, "torch", "", dtype, build_error, extra_torch, args,
-                               lambda wl, models=tmodels: wl.torch_run(models, dtype)):
-            if row.median is not None:
-                torch_medians[row.workload] = row.median
-            emit(row)
-    t0 = time.perf_counter()
-    log(f"{group.key} {dtype}: building MindSpore models ({group.ms_source})")
-    try:
-        msmodels = group.ms_models(ctx, dtype, tmodels)
-        build_error = None
-    except Exception as exc:
-        msmodels, build_error = None, short_error(exc)
-        log(f"  MindSpore build failed: {build_error}")
-    if tmodels is not None:
-        tmodels.clear()
-    del tmodels
-    free_memory()
-    log(f"  built in {time.perf_counter() - t0:.1f} s; RSS {(current_rss() or 0) / GB:.2f} GB")
-    for row in _timed_rows(workloads, "mindspore", f" ({ctx.mode})", dtype, build_error, extra_ms, args,
-                           lambda wl, models=msmodels: wl.ms_run(models, dtype, ctx.mode)):
-        if row.median is not None and torch_medians.get(row.workload):
-            row.ratio = row.median / torch_medians[row.workload]
-        emit(row)
-    # MindSpore keeps compiled graphs (and through them the cells' weights) alive until the process ends, which is
-    # why the default driver runs every (group, dtype) unit in its own process.
-    del msmodels
-    free_memory()
-
-
-def run_in_process(args, emit_json) -> int:
-    """Run the selected workloads in this process; every row goes to ``emit_json`` as a dict."""
-    reason = "--no-torch" if args.no_torch else torch_available()
-    torch_ok = reason is None
-    ctx = Ctx(args, torch_ok)
-    registry = Registry(ctx)
-    workloads = [registry.get(name) for name in args.workloads]
-
-    import mindspore as ms
-
-    if args.ms_threads:
-        ms.set_context(runtime_num_threads=args.ms_threads)
-    if torch_ok:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        _quiet_diffusers()
-    else:
-        log(f"torch rows off ({reason}): MindSpore rows only")
-    env = environment(torch_ok)
-    log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-
-    def emit(row: Row) -> None:
-        emit_json({**row.as_json(), "env": env})
-
+def plan(workloads: List[Workload], dtypes: List[str]) -> List[Tuple[str, Group, List[Workload]]]:
+    """The (dtype, group, workloads) units, dtype by dtype, groups in the order their first workload came."""
     units: Dict[str, List[Workload]] = {}
     for wl in workloads:
         units.setdefault(wl.group.key, []).append(wl)
-    for dtype in args.dtypes:
-        for group_workloads in units.values():
-            run_group(ctx, group_workloads[0].group, group_workloads, dtype, args, emit)
-    return 0
+    return [(dtype, group[0].group, group) for dtype in dtypes for group in units.values()]
+
+
+class InProcess:
+    """Runs units in this process; the frameworks are set up (threads, versions) once, on the first unit."""
+
+    def __init__(self, args, emit_json: Callable[[dict], None]):
+        self.args, self.emit_json = args, emit_json
+        self.ctx: Optional[Ctx] = None
+        self.env: dict = {}
+
+    def _setup(self) -> None:
+        args = self.args
+        reason = "--no-torch" if args.no_torch else torch_available()
+        torch_ok = reason is None
+        self.ctx = Ctx(args, torch_ok)
+
+        import mindspore as ms
+
+        if args.ms_threads:
+            ms.set_context(runtime_num_threads=args.ms_threads)
+        if torch_ok:
+            import torch
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            quiet_diffusers()
+        else:
+            log(f"torch rows off ({reason}): MindSpore rows only")
+        self.env = environment(torch_ok)
+        log("environment: " + ", ".join(f"{k}={v}" for k, v in self.env.items()))
+
+    def run(self, dtype: str, group: Group, workloads: List[Workload]) -> int:
+        if self.ctx is None:
+            self._setup()
+        group.run(self.ctx, workloads, dtype, self.args,
+                  lambda row: self.emit_json({**row.as_json(), "env": self.env}))
+        return 0
 
 
 def _torch_expected(args) -> bool:
@@ -1077,55 +290,73 @@ def _child_command(args, names: List[str], dtype: str) -> List[str]:
            "--fixture", str(args.fixture), "--configs", str(args.configs)]
     for name in names:
         cmd += ["--workload", name]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if args.ms_threads:
-        cmd += ["--ms-threads", str(args.ms_threads)]
+    for flag, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads), ("--tmpdir", args.tmpdir),
+                        ("--pipeline-dir", args.pipeline_dir), ("--scheduler", args.scheduler),
+                        ("--steps", args.steps), ("--prior-steps", args.prior_steps)):
+        if value:
+            cmd += [flag, str(value)]
     if args.no_torch:
         cmd.append("--no-torch")
-    if args.tmpdir:
-        cmd += ["--tmpdir", str(args.tmpdir)]
     return cmd
 
 
-def run_isolated(args, workloads: List[Workload], emit_json) -> int:
-    """One child process per (group, dtype) unit, so that every unit starts with a clean heap and no leftovers."""
-    import subprocess
-
-    units: Dict[str, List[str]] = {}
+def run_child(args, workloads: List[Workload], dtype: str, emit_json) -> int:
+    """One unit in a fresh benchmark process (a clean heap and no leftovers); 1 if that process failed, with a
+    skipped row for every row it did not report."""
+    names = [wl.name for wl in workloads]
+    seen = set()
+    proc = subprocess.Popen(_child_command(args, names, dtype), stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        try:
+            row = json.loads(line)
+            seen.add((row["workload"], row["impl"]))
+        except (ValueError, KeyError, TypeError):
+            sys.stderr.write(line)  # not a row: pass it on
+            continue
+        emit_json(row)
+    rc = proc.wait()
+    if rc == 0:
+        return 0
+    why = f"benchmark process exited with {rc}" + (" (killed: out of memory?)" if rc in (-9, 137) else "")
+    log(why)
     for wl in workloads:
-        units.setdefault(wl.group.key, []).append(wl.name)
-    plan = [(dtype, names) for dtype in args.dtypes for names in units.values()]
-    impls = ["torch", "mindspore"] if _torch_expected(args) else ["mindspore"]
+        impls = ["torch", "mindspore"] if wl.torch is not None and _torch_expected(args) else ["mindspore"]
+        for impl in impls:
+            if (wl.name, impl) not in seen:
+                emit_json(Row(wl.name, impl, dtype, skipped=why).as_json())
+    return 1
+
+
+def run(args, workloads: List[Workload], emit_json) -> int:
+    """Every unit: in this process with --in-process (or when the group's rows are child processes already),
+    else in a fresh benchmark process per unit, since MindSpore never frees a compiled network's weights."""
+    here = InProcess(args, emit_json)
+    units = plan(workloads, args.dtypes)
     failures = 0
-    for i, (dtype, names) in enumerate(plan, 1):
-        log(f"unit {i}/{len(plan)}: {', '.join(names)} ({dtype}) in a fresh process")
-        seen = set()
-        proc = subprocess.Popen(_child_command(args, names, dtype), stdout=subprocess.PIPE, text=True)
-        for line in proc.stdout:
-            try:
-                row = json.loads(line)
-                seen.add((row["workload"], row["impl"]))
-            except (ValueError, KeyError, TypeError):
-                sys.stderr.write(line)  # not a row: pass it on
-                continue
-            emit_json(row)
-        rc = proc.wait()
-        if rc != 0:
-            failures += 1
-            why = f"benchmark process exited with {rc}" + (" (killed: out of memory?)" if rc in (-9, 137) else "")
-            log(why)
-            for name in names:
-                for impl in impls:
-                    if (name, impl) not in seen:
-                        emit_json(Row(name, impl, dtype, skipped=why).as_json())
+    for i, (dtype, group, group_workloads) in enumerate(units, 1):
+        if args.in_process or not group.isolated:
+            failures += here.run(dtype, group, group_workloads)
+            continue
+        log(f"unit {i}/{len(units)}: {', '.join(wl.name for wl in group_workloads)} ({dtype}) in a fresh process")
+        failures += run_child(args, group_workloads, dtype, emit_json)
     return 1 if failures else 0
 
 
+# --------------------------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------------------------
 def fmt_s(x: Optional[float]) -> str:
     if x is None:
         return "-"
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def details(row: dict) -> str:
+    """Per-stage times of a whole-tool row; distances of a convergence row."""
+    parts = [f"{k.removesuffix('_s')} {fmt_s(v)}" for k, v in (row.get("stages") or {}).items()]
+    if row.get("rms_distance") is not None:
+        parts.append(f"rms {row['rms_distance']:.3g}, max {row['max_abs_distance']:.3g}")
+    return ", ".join(parts)
 
 
 def print_table(rows: List[dict]) -> None:
@@ -1140,19 +371,24 @@ def print_table(rows: List[dict]) -> None:
         parts.append(f"mindspore mode={'/'.join(modes)}")
     caption = ", ".join(parts)
     table = Table(title="kandinsky CPU benchmark (seconds per call; peak RSS of the whole process)", caption=caption)
-    for col in ("workload", "impl", "dtype", "median s", "min s", "max s", "peak RSS GB", "ratio ms/torch"):
-        table.add_column(col, justify="left" if col in ("workload", "impl", "dtype") else "right")
+    with_details = any(details(row) for row in rows)
+    columns = ("workload", "impl", "dtype", "median s", "min s", "max s", "peak RSS GB", "ratio ms/torch")
+    for col in columns + (("details",) if with_details else ()):
+        table.add_column(col, justify="left" if col in ("workload", "impl", "dtype", "details") else "right")
     notes = []
     for row in rows:
+        name = row["workload"] + (f" {row['variant']}" if row.get("variant") else "")
         if row.get("skipped"):
-            notes.append(f"{row['workload']} {row['impl']} {row['dtype']}: {row['skipped']}")
-            table.add_row(row["workload"], row["impl"], row["dtype"], f"skipped [{len(notes)}]", "-", "-", "-", "-")
-            continue
-        peak = "-" if row.get("peak_rss_gb") is None else f"{row['peak_rss_gb']:.2f}"
-        ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}"
-        table.add_row(row["workload"], row["impl"], row["dtype"], fmt_s(row["median_s"]), fmt_s(row["min_s"]),
-                      fmt_s(row["max_s"]), peak, ratio)
-    console = Console(width=max(120, Console().width))
+            notes.append(f"{name} {row['impl']} {row['dtype']}: {row['skipped']}")
+            cells = [name, row["impl"], row["dtype"], f"skipped [{len(notes)}]", "-", "-", "-", "-"]
+        else:
+            peak = "-" if row.get("peak_rss_gb") is None else f"{row['peak_rss_gb']:.2f}"
+            ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}"
+            cells = [name, row["impl"], row["dtype"], fmt_s(row["median_s"]), fmt_s(row["min_s"]),
+                     fmt_s(row["max_s"]), peak, ratio]
+        table.add_row(*cells, *([details(row)] if with_details else []))
+    # wide enough for every cell to fit unwrapped
+    console = Console(width=max(120, Console().width, Console(width=1000).measure(table).maximum))
     console.print(table)
     for i, note in enumerate(notes, 1):
         console.print(f"[{i}] {note}", markup=False, highlight=False)
@@ -1164,18 +400,21 @@ def describe(workloads: List[Workload]) -> None:
         print(f"{wl.name}{flag}\n  mindspore: {wl.what_ms}\n  torch:     {wl.what_torch}")
 
 
+# --------------------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="default workloads: " + ", ".join(DEFAULT_WORKLOADS) +
-                                        "\npatterns: unet-step-SIZE, movq-encode-SIZE, movq-decode-SIZE, "
-                                        "pipeline-tiny-SIZE-STEPS, pipeline-real-SIZE-STEPS")
+                                        "\nall workloads: " + ", ".join(_display(e.name) for e in TABLE))
     ap.add_argument("--workload", action="append", metavar="NAME",
                     help="run only this workload (repeatable); default: every default workload")
     ap.add_argument("--dtype", action="append", choices=DTYPES + ("both",),
                     help="float32, float16 or both (repeatable; default both)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (default 3)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; compiles)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed calls before timing (default 1; compiles; not for the tool-* rows)")
     ap.add_argument("--mode", choices=("graph", "pynative"), default="graph",
                     help="MindSpore execution: compiled graph (default, as the CLI) or pynative")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's own default)")
@@ -1183,35 +422,57 @@ def parse_args(argv=None):
                     help="MindSpore runtime_num_threads (default: MindSpore's own default)")
     ap.add_argument("--no-torch", action="store_true", help="MindSpore rows only, even if torch is installed")
     ap.add_argument("--json", action="store_true", help="one JSON object per row on stdout instead of a table")
-    ap.add_argument("--list", action="store_true", help="describe the selected workloads and exit")
+    ap.add_argument("--list", action="store_true", help="describe the selected workloads (default: all) and exit")
     ap.add_argument("--in-process", action="store_true",
                     help="run every unit in this process (default: one fresh process per model group and dtype, "
                          "since MindSpore never frees a compiled network's weights)")
     ap.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE, help="tiny fixture folder (prior/, inpaint/)")
     ap.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="real-size config folder")
-    ap.add_argument("--tmpdir", help="where pipeline-real-* writes its temporary random checkpoint (GBs)")
+    ap.add_argument("--tmpdir", help="where pipeline-real-* writes its temporary random checkpoint (GBs) and the "
+                                     "tool-* rows their input and output images")
+    ap.add_argument("--pipeline-dir", type=Path, metavar="DIR",
+                    help="DIR/prior and DIR/inpaint pipeline folders for the tool-* rows (real size: "
+                         "scripts/make_random_pipeline.py DIR; the tiny fixture works too)")
+    ap.add_argument("--scheduler", choices=SCHEDULERS, help="sampler of the tool-* rows (default: the tool's)")
+    ap.add_argument("--steps", type=int, metavar="N", help="decoder steps of the tool-* rows (default: the tool's)")
+    ap.add_argument("--prior-steps", type=int, metavar="N", help="prior steps of the tool-* rows (default: the tool's)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
     if args.warmup < 0:
         ap.error("--warmup must be >= 0")
-    for name, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads)):
+    for name, value in (("--threads", args.threads), ("--ms-threads", args.ms_threads), ("--steps", args.steps),
+                        ("--prior-steps", args.prior_steps)):
         if value is not None and value < 1:
             ap.error(f"{name} must be at least 1")
+    if args.pipeline_dir is not None:  # the tool runs from the repository root
+        args.pipeline_dir = args.pipeline_dir.resolve()
     dtypes = args.dtype or ["both"]
     args.dtypes = [d for d in DTYPES if d in dtypes or "both" in dtypes]
     args.workloads = list(dict.fromkeys(args.workload or DEFAULT_WORKLOADS))
     return args
 
 
+def check_paths(args) -> Optional[str]:
+    """Why the fixture, configs or pipeline folders given cannot be used, or None."""
+    needed = [(args.fixture / "inpaint", "fixture"), (args.configs / "unet.json", "configs")]
+    if args.pipeline_dir is not None:
+        needed += [(args.pipeline_dir / sub / "model_index.json", "--pipeline-dir") for sub in ("prior", "inpaint")]
+    for path, what in needed:
+        if not path.exists():
+            return f"{what} not found: {path}"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for path, what in ((args.fixture / "inpaint", "fixture"), (args.configs / "unet.json", "configs")):
-        if not path.exists():
-            print(f"error: {what} not found: {path}", file=sys.stderr)
-            return 2
+    problem = check_paths(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # names are checked (and described) without importing any framework
-    workloads = [Registry(Ctx(args, False)).get(name) for name in args.workloads]
+    names = listed_workloads() if args.list and not args.workload else args.workloads
+    workloads = [find_workload(Ctx(args, False), name) for name in names]
     if args.list:
         describe(workloads)
         return 0
@@ -1224,7 +485,7 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
 
     started = time.perf_counter()
-    rc = run_in_process(args, emit_json) if args.in_process else run_isolated(args, workloads, emit_json)
+    rc = run(args, workloads, emit_json)
     log(f"done in {time.perf_counter() - started:.0f} s")
     if not args.json:
         order = {name: i for i, name in enumerate(args.workloads)}

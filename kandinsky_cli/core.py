@@ -8,6 +8,7 @@ prepare (read and check every input, before any model loads) -> embeddings (give
 from __future__ import annotations
 
 import gc
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from .region import Plan, plan as region_plan
 # progress(stage, step, total): stage is "prior" or "decoder"
 Progress = Optional[Callable[[str, int, int], None]]
 Embeddings = Tuple[np.ndarray, np.ndarray]
+#: Priors with at least this many bytes of weights run in a child process when they are to be freed after use.
+PRIOR_CHILD_BYTES = 512 * 1024 ** 2
 
 
 def load_embeddings(path: Path, what: str) -> np.ndarray:
@@ -267,16 +270,41 @@ class Kandinsky:
 
     def make_embeddings(self, requests: Sequence[PriorRequest], progress: Progress = None) -> None:
         """Run the prior for every request not cached yet, then free it: the decoder runs that follow find the
-        embeddings in the cache and the prior's memory is back before the decoder loads."""
-        todo = [r for r in requests if r.cache_key() not in self._embedding_cache]
+        embeddings in the cache and the prior's memory is back before the decoder loads. A large prior runs
+        compiled in a child process (:mod:`.prior_process`); a small one eagerly in this process."""
+        todo = list({r.cache_key(): r for r in requests if r.cache_key() not in self._embedding_cache}.values())
         if not todo:
             return
         self.check_embedding_widths()
+        if self._prior is None and self.prior_in_child():
+            from .prior_process import run_prior_in_child
+
+            report = (lambda n, i, total: progress("prior", i, total)) if progress else None
+            results = run_prior_in_child(self.root("prior"), self.dtype_name, self.mode, self.device, self.device_id,
+                                         todo, report)
+            self.counters["prior_loads"] += 1
+            for req, result in zip(todo, results):
+                self._embedding_cache[req.cache_key()] = result
+                self.counters["prior_runs"] += 1
+            return
         try:
             for req in todo:
                 self.run_prior(req, progress, keep=False)
         finally:
             self.unload_prior()
+
+    def prior_in_child(self) -> bool:
+        """Whether a prior that is freed after use runs in a child process: when it is compiled (graph mode) and its
+        weights are large (real size: ~4 GB), or as $KANDINSKY_PRIOR_PROCESS says (child, inline or auto)."""
+        choice = os.environ.get("KANDINSKY_PRIOR_PROCESS", "auto").strip().lower()
+        if choice in ("child", "inline"):
+            return choice == "child"
+        if self.mode != "graph":
+            return False
+        from .memory import weight_bytes
+
+        root = self.root("prior")
+        return sum(weight_bytes(root / part) for part in ("prior", "text_encoder", "image_encoder")) >= PRIOR_CHILD_BYTES
 
     # -- stage 2, step by step ----------------------------------------------------------------------------
     def prepare(self, req: InpaintRequest) -> Prepared:

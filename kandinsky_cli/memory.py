@@ -43,17 +43,24 @@ def available_bytes() -> Optional[int]:
     return min(found) if found else None
 
 
-def _weight_bytes(component_dir: Path, bytes_per_value: int) -> int:
+def weight_count(component_dir: Path) -> int:
+    """The number of weight values of a component, from its safetensors headers (diffusers or transformers names)."""
     from . import model_io
 
-    files = model_io.weight_files(component_dir, model_io.DIFFUSERS_WEIGHTS)
+    component_dir = Path(component_dir)
+    base = model_io.DIFFUSERS_WEIGHTS if list(component_dir.glob(f"{model_io.DIFFUSERS_WEIGHTS}*")) \
+        else model_io.TRANSFORMERS_WEIGHTS
     count = 0
-    for shape in model_io.safetensors_shapes(files).values():
+    for shape in model_io.safetensors_shapes(model_io.weight_files(component_dir, base)).values():
         n = 1
         for d in shape:
             n *= int(d)
         count += n
-    return count * bytes_per_value
+    return count
+
+
+def weight_bytes(component_dir: Path, bytes_per_value: int = 4) -> int:
+    return weight_count(component_dir) * bytes_per_value
 
 
 def decoder_peak_bytes(root: Path, height: int, width: int, batch: int, dtype: str = "float32") -> int:
@@ -62,7 +69,7 @@ def decoder_peak_bytes(root: Path, height: int, width: int, batch: int, dtype: s
 
     root = Path(root)
     value_bytes = 2 if dtype == "float16" else 4
-    weights = sum(_weight_bytes(root / part, value_bytes) for part in ("unet", "movq"))
+    weights = sum(weight_bytes(root / part, value_bytes) for part in ("unet", "movq"))
     unet = model_io.read_config(root / "unet")
     channels = unet.get("block_out_channels") or [_REFERENCE_WIDTH]
     scale = (batch / _REFERENCE_BATCH) * (float(channels[0]) / _REFERENCE_WIDTH)

@@ -222,3 +222,19 @@ def test_inpaint_unreadable_image_in_a_subprocess(bad_inputs):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert [l for l in res.stderr.splitlines() if l.startswith("error:")] and "broken.png" in res.stderr
+
+
+def test_prior_in_a_child_process_gives_the_same_pixels(tmp_path, monkeypatch):
+    # a large prior runs compiled in a child process (its memory is back when the child exits); forced here
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(img)
+    common = ["inpaint", img, "--mask-rect", "8:40,8:40", "--prompt", "a hat", "--prior-model", PRIOR,
+              "--decoder-model", DECODER, "--height", 64, "--width", 64, "--steps", 2, "--prior-steps", 3,
+              "--seed", 5, "--json"]
+    monkeypatch.setenv("KANDINSKY_PRIOR_PROCESS", "child")
+    child = json.loads(ok(*common, "--out", tmp_path / "child.png").stdout)
+    monkeypatch.setenv("KANDINSKY_PRIOR_PROCESS", "inline")
+    ok(*common, "--out", tmp_path / "inline.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "child.png")),
+                                  np.asarray(Image.open(tmp_path / "inline.png")))
+    assert child["timings"]["prior_s"] > 0

@@ -399,13 +399,12 @@ class DPMSolverMultistepScheduler:
             raise ValueError("call timesteps() before step()")
         if self.sde and noise is None:
             raise ValueError("sde-dpmsolver++ steps need noise")
-        i, cfg = self._step_index, self.config
-        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(i)
+        i, cfg, n = self._step_index, self.config, len(self._timesteps)
+        alpha_s, sigma_s, _ = self._alpha_sigma_lambda(i)
         x0 = (sample - sigma_s * model_output) / alpha_s
-        final = i == len(self._timesteps) - 1 and (
-            cfg["euler_at_final"] or (cfg["lower_order_final"] and len(self._timesteps) < 15)
-            or cfg["final_sigmas_type"] == "zero")
-        second_order = cfg["solver_order"] == 2 and self._previous_x0 is not None and not final
+        first_order_last = i == n - 1 and (cfg["euler_at_final"] or (cfg["lower_order_final"] and n < 15)
+                                           or cfg["final_sigmas_type"] == "zero")
+        second_order = cfg["solver_order"] == 2 and self._previous_x0 is not None and not first_order_last
         # as in torch: a final sigma of 0 has lambda = +inf (e^-h = 0); a repeated sigma gives h = 0, r0 = inf
         with np.errstate(divide="ignore"):
             prev = self._update(i, sample, x0, self._previous_x0 if second_order else None, noise)

@@ -77,6 +77,9 @@ def spaced_timesteps(spacing: str, num_inference_steps: int, num_train_timesteps
         ts = np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
     else:
         raise ValueError(f"unsupported timestep_spacing {spacing!r}")
+    if ts[0] >= T:  # 'leading' with steps_offset 1 and n = T: diffusers fails indexing the schedule
+        raise ValueError(f"the schedule would start at timestep {ts[0]}, past the last training timestep {T - 1}: "
+                         "use fewer steps")
     return ts.copy()
 
 

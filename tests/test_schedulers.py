@@ -240,3 +240,7 @@ def test_sampler_step_counts_out_of_range():
         make_decoder_scheduler("dpmpp-2m", cfg).timesteps(1000)   # leading spacing needs n + 1 <= 1000 points
     with pytest.raises(ValueError):
         make_decoder_scheduler("ddpm", cfg).timesteps(1001)
+    with pytest.raises(ValueError, match="past the last training timestep"):
+        make_decoder_scheduler("ddim", cfg).timesteps(1000)        # steps_offset 1 would start at t = 1000
+    assert make_decoder_scheduler("ddim", cfg).timesteps(999)[[0, -1]].tolist() == [999, 1]
+    assert make_decoder_scheduler("ddpm", cfg).timesteps(1000)[[0, -1]].tolist() == [999, 0]

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import model_io
 from .noise import as_noise
+from .schedulers import make_decoder_scheduler
 
 StepCallback = Optional[Callable[[int, int], None]]
 
@@ -84,7 +85,8 @@ MOVQ_GRAPH_MAX_PIXELS = 768 * 768
 
 
 class InpaintPipeline:
-    """M-CLIP text encoder + 9-channel UNet + MoVQ + DDIM, loaded once from a pipeline folder.
+    """M-CLIP text encoder + 9-channel UNet + MoVQ + a decoder sampler (DDIM by default, any of
+    ``schedulers.DECODER_SCHEDULERS`` per call), loaded once from a pipeline folder.
 
     The text encoder (XLM-R large, ~2.2 GB in float32) is needed once per distinct text and encodings are
     cached per text, so it is loaded on demand. By default it runs eagerly and is dropped right after
@@ -98,7 +100,6 @@ class InpaintPipeline:
 
         from .layers import compiled
         from .movq import VQModel
-        from .schedulers import DDIMScheduler
         from .tokenizer import load_xlmr_tokenizer
         from .unet import UNet2DConditionModel
 
@@ -114,7 +115,8 @@ class InpaintPipeline:
         self._text_cache: Dict[str, tuple] = {}
         self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", dtype)
         self.movq = VQModel.from_pretrained(self.root / "movq", dtype)
-        self.scheduler = DDIMScheduler(model_io.read_config(self.root / "scheduler", "scheduler_config.json"))
+        # the folder's (DDIM) config: every call builds its sampler from it (see schedulers.make_decoder_scheduler)
+        self.scheduler_config = model_io.read_config(self.root / "scheduler", "scheduler_config.json")
         self.unet_config = model_io.read_config(self.root / "unet")
         self.latent_channels = int(self.movq.config["latent_channels"])
         self.scale_factor = self.movq.scale_factor
@@ -189,16 +191,28 @@ class InpaintPipeline:
             hidden = np.concatenate([u_hidden, hidden])
         return embeds, hidden
 
+    def _guide(self, out: np.ndarray, cfg: bool, guidance_scale: float):
+        """UNet output -> (eps, variance channels). With CFG, eps = uncond + scale (cond - uncond) and the
+        variance of the conditional half is kept, as diffusers' pipeline does."""
+        eps, variance = out[:, :self.latent_channels], out[:, self.latent_channels:]
+        if cfg:
+            uncond, cond = np.split(eps, 2)
+            eps = uncond + np.float32(guidance_scale) * (cond - uncond)
+            variance = np.split(variance, 2)[1]
+        return eps, variance
+
     def __call__(self, prompt: Union[str, List[str]], image, mask_image, image_embeds: np.ndarray,
                  negative_image_embeds: np.ndarray, negative_prompt: Union[None, str, List[str]] = None,
                  height: int = 512, width: int = 512, num_inference_steps: int = 100, guidance_scale: float = 4.0,
                  num_images_per_prompt: int = 1, noise=None, callback: StepCallback = None,
-                 debug: Optional[dict] = None) -> np.ndarray:
+                 debug: Optional[dict] = None, scheduler: str = "ddim") -> np.ndarray:
         """Returns images (num_images, height, width, 3) float32 in [0, 1].
 
         ``image``: PIL image (resized to the working size) or uint8 (H, W, 3) array; ``mask_image``: PIL or float
-        (H, W) array, 1 = repaint. ``debug``, when a dict, receives the pipeline's intermediates.
+        (H, W) array, 1 = repaint. ``scheduler``: one of ``schedulers.DECODER_SCHEDULERS``. ``debug``, when a
+        dict, receives the pipeline's intermediates; ``debug["step_latents_out"][-1]`` are the final latents.
         """
+        sampler = make_decoder_scheduler(scheduler, self.scheduler_config)
         noise = as_noise(noise)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
@@ -228,9 +242,9 @@ class InpaintPipeline:
             mask_in = np.concatenate([mask_in, mask_in])
             masked_in = np.concatenate([masked_in, masked_in])
 
-        timesteps = self.scheduler.timesteps(num_inference_steps)
+        timesteps = sampler.timesteps(num_inference_steps)
         h, w = get_new_h_w(height, width, self.scale_factor)
-        latents = noise.randn((batch, self.latent_channels, h, w)) * np.float32(self.scheduler.init_noise_sigma)
+        latents = noise.randn((batch, self.latent_channels, h, w)) * np.float32(sampler.init_noise_sigma)
         if latents.shape[-2:] != masked_in.shape[-2:]:
             raise ValueError(f"latent size {latents.shape[-2:]} differs from the encoded image's "
                              f"{masked_in.shape[-2:]}: height and width must be multiples of {self.scale_factor**2}")
@@ -240,17 +254,15 @@ class InpaintPipeline:
                          unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
                          noise_00=latents.copy(), step_eps_guided=[], step_latents_out=[])
         t_hidden, t_embeds, t_image = self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds)
-        c = self.latent_channels
         for i, t in enumerate(timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
             t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
             out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
-            eps = out.asnumpy().astype(np.float32)[:, :c]
-            if cfg:
-                uncond, cond = np.split(eps, 2)
-                eps = uncond + np.float32(guidance_scale) * (cond - uncond)
-            latents = self.scheduler.step(eps, int(t), latents)
+            eps, variance = self._guide(out.asnumpy().astype(np.float32), cfg, guidance_scale)
+            model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
+            step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
+            latents = sampler.step(model_out, int(t), latents, step_noise)
             if debug is not None:
                 debug["step_eps_guided"].append(eps)
                 debug["step_latents_out"].append(latents)

@@ -2,7 +2,9 @@
 
 Used by ``scripts/parity.py`` (writes candidate ``.npz`` files for ``check_parity.py compare``) and by the tests.
 Cases come from ``golden/cases.json``, component inputs from ``golden/components.npz``, pipeline inputs from
-``golden/inpaint_pipeline.npz`` (``case<i>/input/*``). Nothing about the fixture's sizes is assumed.
+``golden/inpaint_pipeline.npz`` (``case<i>/input/*``); the decoder sampler cases, when the fixture has them, from
+``golden/schedulers.json`` with their inputs in ``golden/schedulers.npz``. Nothing about the fixture's sizes is
+assumed.
 """
 from __future__ import annotations
 
@@ -167,8 +169,42 @@ def inpaint_pipeline_outputs(fixture: Path, pipe=None, debug: Arrays = None, mod
     return out
 
 
+SCHEDULER_INPUTS = ("image", "mask", "image_embeds", "negative_image_embeds")
+
+
+def scheduler_outputs(fixture: Path, pipe=None, mode: str = "graph", cases=None) -> Arrays:
+    """Every ``golden/schedulers.json`` case (or those whose key is in ``cases``) through the inpaint pipeline
+    with its sampler: the shared inputs, then ``caseNN/images``, ``caseNN/step_latents`` (latents after each
+    step) and ``caseNN/timesteps``."""
+    from PIL import Image
+
+    from .inpaint_pipeline import InpaintPipeline
+    from .noise import Noise
+
+    fixture = Path(fixture)
+    pipe = pipe or InpaintPipeline(fixture / "inpaint", mode=mode)
+    meta = json.loads((fixture / "golden" / "schedulers.json").read_text(encoding="utf-8"))
+    golden = _load_npz(fixture / "golden" / "schedulers.npz")
+    out = {k: golden[k] for k in SCHEDULER_INPUTS}
+    for case in meta["cases"]:
+        if cases is not None and case["key"] not in cases:
+            continue
+        trace = {}
+        key = case["key"]
+        out[f"{key}/images"] = pipe(
+            meta["prompt"], Image.fromarray(out["image"]), out["mask"], out["image_embeds"],
+            out["negative_image_embeds"], negative_prompt=meta.get("negative_prompt"), height=meta["height"],
+            width=meta["width"], num_inference_steps=case["num_inference_steps"],
+            guidance_scale=case["guidance_scale"], num_images_per_prompt=case["num_images_per_prompt"],
+            noise=Noise(case["noise_seed"]), debug=trace, scheduler=case["scheduler"])
+        out[f"{key}/step_latents"] = trace["step_latents_out"]
+        out[f"{key}/timesteps"] = trace["timesteps"].astype(np.int64)
+    return out
+
+
 def run_all(fixture: Path, out_dir: Path, log=print, mode: str = "graph") -> Dict[str, Path]:
-    """Write tokenizers/components/prior_pipeline/inpaint_pipeline/debug_intermediates .npz into ``out_dir``."""
+    """Write tokenizers/components/prior_pipeline/inpaint_pipeline/debug_intermediates .npz into ``out_dir``, and
+    schedulers.npz when the fixture has ``golden/schedulers.json``."""
     fixture, out_dir = Path(fixture), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = _load_npz(fixture / "golden" / "components.npz")
@@ -181,6 +217,8 @@ def run_all(fixture: Path, out_dir: Path, log=print, mode: str = "graph") -> Dic
         "prior_pipeline": lambda: prior_pipeline_outputs(fixture, mode=mode, debug=debug),
         "inpaint_pipeline": lambda: inpaint_pipeline_outputs(fixture, debug=debug, mode=mode),
     }
+    if (fixture / "golden" / "schedulers.json").is_file():
+        producers["schedulers"] = lambda: scheduler_outputs(fixture, mode=mode)
     for name, make in producers.items():
         path = out_dir / f"{name}.npz"
         np.savez(path, **make())

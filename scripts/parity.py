@@ -3,6 +3,9 @@
 
     python scripts/parity.py FIXTURE_DIR OUT_DIR
     python ../shared/tools/check_parity.py compare FIXTURE_DIR/golden/components.npz OUT_DIR/components.npz --strict-keys
+
+OUT_DIR gets tokenizers, components, prior_pipeline, inpaint_pipeline and debug_intermediates .npz, and
+schedulers.npz (every decoder sampler) when the fixture has golden/schedulers.json.
 """
 import argparse
 import sys

@@ -1,4 +1,5 @@
 """The parity harness (scripts/parity.py's engine) on the tiny fixture, in graph and pynative mode."""
+import shutil
 import subprocess
 import sys
 
@@ -56,3 +57,19 @@ def test_prior_debug_intermediates(golden):
             np.testing.assert_array_equal(debug[key], ref[key], err_msg=key)
         else:
             assert_scaled(debug[key], ref[key], 1e-4, key)
+
+
+def test_run_all_writes_schedulers_npz_when_the_fixture_has_its_goldens(tmp_path, monkeypatch):
+    """The wiring only: every producer is stubbed (the real runs are tested above and in test_pipelines.py)."""
+    for name in ("tokenizer_outputs", "prior_component_outputs", "decoder_component_outputs",
+                 "prior_pipeline_outputs", "inpaint_pipeline_outputs"):
+        monkeypatch.setattr(parity, name, lambda *args, **kwargs: {})
+    monkeypatch.setattr(parity, "scheduler_outputs", lambda fixture, mode="graph": {"mode": np.array(mode)})
+    written = parity.run_all(FIXTURE, tmp_path / "out", log=lambda *_: None, mode="pynative")
+    assert str(np.load(written["schedulers"])["mode"]) == "pynative"
+
+    older = tmp_path / "older" / "golden"          # a fixture made before the sampler goldens existed
+    older.mkdir(parents=True)
+    shutil.copy(FIXTURE / "golden" / "components.npz", older)
+    written = parity.run_all(older.parent, tmp_path / "out2", log=lambda *_: None)
+    assert "schedulers" not in written and not (tmp_path / "out2" / "schedulers.npz").exists()

@@ -1,4 +1,6 @@
-"""Both pipelines end to end on the tiny fixture against diffusers' own outputs (the fixture README's rules)."""
+"""Both pipelines end to end on the tiny fixture against diffusers' own outputs (the fixture README's rules),
+the inpaint pipeline with every decoder sampler too (golden/schedulers.npz)."""
+import json
 import shutil
 
 import numpy as np
@@ -6,6 +8,10 @@ import pytest
 
 from conftest import FIXTURE, assert_image_close, assert_scaled
 from kandinsky_cli import parity
+from kandinsky_cli.noise import Noise
+from kandinsky_cli.schedulers import DECODER_SCHEDULERS
+
+SAMPLER_META = json.loads((FIXTURE / "golden" / "schedulers.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +21,16 @@ def prior_pipe():
 
 
 @pytest.fixture(scope="module")
-def inpaint_run():
+def inpaint_pipe():
+    """One compiled pipeline for the module: the DDIM and sampler cases share most shapes, so most compiles."""
+    from kandinsky_cli.inpaint_pipeline import InpaintPipeline
+    return InpaintPipeline(FIXTURE / "inpaint")
+
+
+@pytest.fixture(scope="module")
+def inpaint_run(inpaint_pipe):
     debug = {}
-    images = parity.inpaint_pipeline_outputs(FIXTURE, debug=debug)
+    images = parity.inpaint_pipeline_outputs(FIXTURE, pipe=inpaint_pipe, debug=debug)
     return images, debug
 
 
@@ -106,3 +119,85 @@ def test_text_encoder_is_loaded_on_demand_and_freed(golden):
     kept.encode_text(["a blue hat"])
     assert kept.text_encoder is not None and kept.text_encoder_loads == 1
     assert np.abs(h_k - h_a).max() <= 1e-5 * np.abs(h_a).max() and np.abs(e_k - e_a).max() <= 1e-5 * np.abs(e_a).max()
+
+
+def _unet_calls(case):
+    return case["num_inference_steps"] * case["num_images_per_prompt"] * (2 if case["guidance_scale"] > 1 else 1)
+
+
+def _cheapest_case_per_sampler():
+    """One case per sampler, the one with the fewest UNet evaluations (eager runs are slow)."""
+    best = {}
+    for case in SAMPLER_META["cases"]:
+        if case["scheduler"] not in best or _unet_calls(case) < _unet_calls(best[case["scheduler"]]):
+            best[case["scheduler"]] = case
+    return [case["key"] for case in best.values()]
+
+
+def _check_sampler_outputs(out, golden, keys):
+    """check_parity.md's rules for schedulers.npz."""
+    for key in keys:
+        if key.endswith("/images"):
+            assert_image_close(out[key], golden[key], 2e-2, 2e-4, key)
+        elif key.endswith("/step_latents"):
+            assert_scaled(out[key], golden[key], 1e-4, key)
+        else:  # inputs and timesteps
+            np.testing.assert_array_equal(out[key], golden[key], err_msg=key)
+
+
+def test_every_sampler_case_graph(inpaint_pipe, golden):
+    ref = golden("schedulers")
+    out = parity.scheduler_outputs(FIXTURE, pipe=inpaint_pipe)
+    assert sorted(out) == sorted(ref)
+    _check_sampler_outputs(out, ref, ref)
+
+
+def test_every_sampler_pynative(golden):
+    from kandinsky_cli.inpaint_pipeline import InpaintPipeline
+
+    keys = _cheapest_case_per_sampler()
+    assert {c["scheduler"] for c in SAMPLER_META["cases"] if c["key"] in keys} == set(DECODER_SCHEDULERS)
+    ref = golden("schedulers")
+    out = parity.scheduler_outputs(FIXTURE, pipe=InpaintPipeline(FIXTURE / "inpaint", mode="pynative"), cases=keys)
+    outputs = [f"{k}/{q}" for k in keys for q in ("images", "step_latents", "timesteps")]
+    assert sorted(out) == sorted([*parity.SCHEDULER_INPUTS, *outputs])
+    _check_sampler_outputs(out, ref, out)
+
+
+class CountingNoise(Noise):
+    """The noise contract, recording the shape of every draw."""
+
+    def __init__(self, seed):
+        super().__init__(seed)
+        self.shapes = []
+
+    def randn(self, shape):
+        self.shapes.append(tuple(shape))
+        return super().randn(shape)
+
+
+def _run_sampler(pipe, golden, name, noise, debug=None):
+    """Three steps on the sampler goldens' inputs (shapes the golden runs have compiled already)."""
+    ref = golden("schedulers")
+    return pipe(SAMPLER_META["prompt"], ref["image"], ref["mask"], ref["image_embeds"], ref["negative_image_embeds"],
+                height=SAMPLER_META["height"], width=SAMPLER_META["width"], num_inference_steps=3,
+                guidance_scale=4.0, noise=noise, debug=debug, scheduler=name)
+
+
+@pytest.mark.parametrize("name", DECODER_SCHEDULERS)
+def test_noise_draws_per_sampler(inpaint_pipe, golden, name):
+    """The initial latents, then DDPM one draw per step with t > 0 and the SDE sampler one per step."""
+    noise, debug = CountingNoise(5), {}
+    _run_sampler(inpaint_pipe, golden, name, noise, debug)
+    timesteps = debug["timesteps"]
+    per_step = {"ddpm": int((timesteps > 0).sum()), "dpmpp-2m-sde": len(timesteps)}.get(name, 0)
+    latents_shape = debug["noise_00"].shape
+    assert noise.shapes == [latents_shape] * (1 + per_step)
+    assert debug["step_latents_out"].shape == (len(timesteps),) + latents_shape
+
+
+def test_unknown_sampler_is_refused_before_any_work(inpaint_pipe, golden):
+    noise = CountingNoise(5)
+    with pytest.raises(ValueError, match="dpmpp-2m-karras"):
+        _run_sampler(inpaint_pipe, golden, "euler-a", noise)
+    assert noise.shapes == []

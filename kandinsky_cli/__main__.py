@@ -1,10 +1,13 @@
 """``kandinsky`` and ``python -m kandinsky_cli``: signal handling first, then the command line."""
+import os
 import sys
 
 from . import interrupts
 
 
 def main() -> None:
+    os.environ.setdefault("GLOG_v", "3")   # MindSpore's native log: errors only (its warnings are noise here)
+    interrupts.silence_native_stderr = True
     with interrupts.Interrupts():   # before Typer, Rich or MindSpore are imported: Ctrl-C is handled from the start
         try:
             from .cli import app

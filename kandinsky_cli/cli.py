@@ -84,8 +84,8 @@ class _Group(TyperGroup):
                 _fail("out of memory: the model does not fit at this size; try a smaller --height/--width, "
                       "--dtype float16, or fewer --num-images", 1)
         code = rv if isinstance(rv, int) else 0
-        if code == interrupts.EXIT_INTERRUPTED:   # the batch runner has printed what was done
-            interrupts.exit_interrupted("")
+        if code == interrupts.EXIT_INTERRUPTED:   # Click's own Ctrl-C handling, or the batch's report
+            interrupts.exit_interrupted("" if interrupts.reported else None)
         if standalone_mode:
             sys.exit(code)
         return rv
@@ -620,6 +620,7 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
     console.print(f"{tally['done']} done, {tally['skipped']} skipped, {tally['failed']} failed of {len(mine)} "
                   f"job(s); manifest: {escape(_show(manifest_path))}", soft_wrap=True)
     if interrupted:
+        interrupts.reported = True
         stderr.print(f"[red]interrupted[/red] after {len(outcomes)} of {len(mine)} jobs; rerun the same command "
                      f"to finish (finished outputs are kept and skipped)")
         return 130

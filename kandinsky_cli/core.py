@@ -323,11 +323,22 @@ class Kandinsky:
                           load_embeddings(req.negative_image_embeds, "negative image embeddings"))
         if req.uses_prior:
             self.root("prior")
+        self.check_sampler(req)
         rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
         width, height = plan.working_size
         check_decoder_fits(self.root("decoder"), height, width, rows, self.dtype_name)
         seed = req.seed if req.seed is not None else random_seed()
         return Prepared(req, image, mask, seed, plan, blend, embeddings)
+
+    def check_sampler(self, req: InpaintRequest) -> None:
+        """The sampler can take the request's steps with the decoder folder's scheduler config."""
+        from .schedulers import make_decoder_scheduler
+
+        config = model_io.read_config(self.root("decoder") / "scheduler", "scheduler_config.json")
+        try:
+            make_decoder_scheduler(req.scheduler, config).timesteps(req.steps)
+        except ValueError as e:
+            raise UserError(f"--steps {req.steps} with --scheduler {req.scheduler}: {e}") from None
 
     def embeddings(self, job: Prepared, progress: Progress = None) -> Embeddings:
         """The job's embeddings: its files, or the prior's (made now, or earlier by :meth:`make_embeddings`)."""
@@ -379,7 +390,7 @@ class Kandinsky:
         width, height = job.plan.working_size
         t0 = time.perf_counter()
         images = decoder(prompts, image, mask_to_image(mask), emb, neg, negative_prompt=req.negative_prompt,
-                         height=height, width=width, num_inference_steps=req.steps,
+                         height=height, width=width, num_inference_steps=req.steps, scheduler=req.scheduler,
                          guidance_scale=req.guidance_scale, num_images_per_prompt=per_prompt,
                          noise=Noise(job.seed), callback=step)
         job.timings["decoder_s"] = time.perf_counter() - t0

@@ -10,6 +10,9 @@ Two measured facts shape this:
 
 * once MindSpore's runtime has run an operation it installs its own SIGINT handler, which turns Ctrl-C into a
   SIGTERM to the process: SIGINT and SIGTERM therefore get the same handling and the same exit code, 130;
+* a signal that lands while MindSpore compiles a graph makes it print a long trace of the interrupted compilation
+  on the native stderr: after the first signal the entry point's process sends native stderr to /dev/null and keeps
+  Python's ``sys.stderr`` on the real one, so the one line (or the batch summary) is all that is seen;
 * a process that has loaded MindSpore can abort in Python's own shutdown when it is interrupted mid-run (MindSpore's
   threads and atexit hooks), so the interrupted exit flushes stdout/stderr and leaves with ``os._exit``
   (:func:`leave`, called by the entry point only: in-process callers such as tests see ``SystemExit(130)``).
@@ -26,6 +29,28 @@ EXIT_INTERRUPTED = 130
 received: Optional[int] = None
 #: Outputs already complete when an interrupt came (the exit line names them).
 written: List[str] = []
+#: True once a command has printed its own account of an interrupt (the batch summary): no second line.
+reported = False
+#: Set by the process entry point: on the first signal, what native code writes to stderr (MindSpore reports an
+#: interrupted compilation with a long trace) goes to /dev/null; Python's ``sys.stderr`` keeps the real stderr.
+silence_native_stderr = False
+
+
+def _silence_native_stderr() -> None:
+    global silence_native_stderr
+    if not silence_native_stderr:
+        return
+    silence_native_stderr = False
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(real, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                               errors="backslashreplace")
+    except (OSError, ValueError):
+        pass
 
 
 class Interrupts:
@@ -57,6 +82,7 @@ class Interrupts:
     def _handle(self, signum: int, frame) -> None:
         global received
         received = signum
+        _silence_native_stderr()
         if self.deferring:
             self.pending = signum
             return

@@ -270,6 +270,7 @@ REGIONS = ("full", "mask")
 EXTEND_FILLS = ("edge", "blur", "mean", "noise")
 MODES = ("graph", "pynative")
 DEVICES = ("cpu", "gpu", "ascend")
+SCHEDULERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde")
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
 
@@ -311,7 +312,12 @@ OPTIONS: Tuple[Option, ...] = (
            "The prompt, if given, joins the mix with weight 1.", _scopes(PRIOR), List[str], "TEXT_OR_IMAGE=WEIGHT",
            repeatable=True),
     # -- the decoder
-    Option("steps", integer(1, 1000), 100, "Decoder (DDIM) steps.", _scopes(JOB, FOLDER), int, "N"),
+    Option("scheduler", choice(SCHEDULERS), "dpmpp-2m",
+           "Decoder sampler, each equal to diffusers' with that scheduler: ddim (the decoder folder's own; with "
+           "--steps 100 diffusers' default pipeline), ddpm (the original Kandinsky sampler, learned variance), "
+           "dpmpp-2m (DPM-Solver++ 2M), dpmpp-2m-karras (Karras sigmas), dpmpp-2m-sde (stochastic).",
+           _scopes(JOB, FOLDER), str, "NAME"),
+    Option("steps", integer(1, 1000), 25, "Decoder steps (of --scheduler).", _scopes(JOB, FOLDER), int, "N"),
     Option("guidance_scale", number(0.0, 100.0), 4.0, "Decoder classifier-free guidance (> 1 turns it on).",
            _scopes(JOB, FOLDER), float, "G", aliases=("--guidance",)),
     Option("resolution", integer(64, 4096), 768,

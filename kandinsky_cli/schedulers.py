@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from .options import SCHEDULERS
+
 f32 = np.float32
 
 
@@ -439,7 +441,7 @@ class DPMSolverMultistepScheduler:
 
 
 # decoder sampler names (the CLI's --scheduler values)
-DECODER_SCHEDULERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde")
+DECODER_SCHEDULERS = SCHEDULERS   # the names of --scheduler (options.py)
 # DPM-Solver++ samplers: overrides on ``from_config(decoder folder's DDIM config)``, as a diffusers user swaps one in
 _DPM_OVERRIDES = {"dpmpp-2m": {}, "dpmpp-2m-karras": {"use_karras_sigmas": True},
                   "dpmpp-2m-sde": {"algorithm_type": "sde-dpmsolver++"}}

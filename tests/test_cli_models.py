@@ -113,7 +113,8 @@ def test_inpaint_no_paste_back_equals_pipeline_golden(case0, tmp_path, golden, c
     ok("inpaint", case0 / "image.png", "--mask", case0 / "mask.png", "--prompt", case["prompt"],
        "--image-embeds", case0 / "emb.npy", "--negative-image-embeds", case0 / "neg.npy",
        "--decoder-model", DECODER, "--height", case["height"], "--width", case["width"],
-       "--steps", case["num_inference_steps"], "--seed", case["noise_seed"], "--no-paste-back", "--out", out)
+       "--steps", case["num_inference_steps"], "--seed", case["noise_seed"], "--no-paste-back", "--out", out,
+       "--scheduler", "ddim")   # the pipeline goldens use the folder's DDIM scheduler
     got = np.asarray(Image.open(out)).astype(np.float64) / 255
     ref = golden("inpaint_pipeline")["case0/images"][0]
     assert got.shape == ref.shape
@@ -238,3 +239,34 @@ def test_prior_in_a_child_process_gives_the_same_pixels(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "child.png")),
                                   np.asarray(Image.open(tmp_path / "inline.png")))
     assert child["timings"]["prior_s"] > 0
+
+
+@pytest.mark.parametrize("key", ["case02", "case08"])   # DDPM without guidance; the SDE sampler (noise every step)
+def test_inpaint_command_with_a_sampler_equals_its_golden(tmp_path, golden, key):
+    spec = json.loads((FIXTURE / "golden" / "schedulers.json").read_text())
+    case = next(c for c in spec["cases"] if c["key"] == key)
+    ref = golden("schedulers")
+    Image.fromarray(ref["image"]).save(tmp_path / "image.png")
+    np.save(tmp_path / "mask.npy", ref["mask"])
+    np.save(tmp_path / "emb.npy", ref["image_embeds"])
+    np.save(tmp_path / "neg.npy", ref["negative_image_embeds"])
+    ok("inpaint", tmp_path / "image.png", "--mask", tmp_path / "mask.npy", "--prompt", spec["prompt"],
+       "--image-embeds", tmp_path / "emb.npy", "--negative-image-embeds", tmp_path / "neg.npy",
+       "--decoder-model", DECODER, "--height", spec["height"], "--width", spec["width"],
+       "--scheduler", case["scheduler"], "--steps", case["num_inference_steps"],
+       "--guidance-scale", case["guidance_scale"], "--seed", case["noise_seed"], "--no-paste-back",
+       "--out", tmp_path / "o.png")
+    got = np.asarray(Image.open(tmp_path / "o.png")).astype(np.float64) / 255
+    assert np.abs(got - ref[f"{key}/images"][0]).max() <= 0.5 / 255 + 2e-2   # check_parity.md's image limit
+    assert read_png_metadata(tmp_path / "o.png")["parameters"]["scheduler"] == case["scheduler"]
+
+
+def test_scheduler_names_and_step_limits_are_checked_before_loading(tmp_path):
+    img = tmp_path / "in.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    base = ["inpaint", img, "--mask-rect", "0:9,0:9", "--prompt", "x", "--decoder-model", DECODER,
+            "--prior-model", PRIOR, "--out", tmp_path / "o.png"]
+    fail(*base, "--scheduler", "euler", contains="--scheduler: must be one of ddim, ddpm, dpmpp-2m, "
+                                                 "dpmpp-2m-karras, dpmpp-2m-sde")
+    fail(*base, "--scheduler", "ddim", "--steps", "1000", contains="--steps 1000 with --scheduler ddim")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]

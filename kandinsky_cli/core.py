@@ -369,7 +369,10 @@ class Kandinsky:
         from .noise import Noise
 
         req = job.request
+        t0 = time.perf_counter()
         decoder = self.decoder
+        if time.perf_counter() - t0 > 0.01:
+            job.timings["decoder_load_s"] = time.perf_counter() - t0
         emb, neg = embeddings
         width = decoder.image_embed_dim
         for arr, what in ((emb, "image embeddings"), (neg, "negative image embeddings")):
@@ -392,7 +395,7 @@ class Kandinsky:
         images = decoder(prompts, image, mask_to_image(mask), emb, neg, negative_prompt=req.negative_prompt,
                          height=height, width=width, num_inference_steps=req.steps, scheduler=req.scheduler,
                          guidance_scale=req.guidance_scale, num_images_per_prompt=per_prompt,
-                         noise=Noise(job.seed), callback=step)
+                         noise=Noise(job.seed), callback=step, timings=job.timings)
         job.timings["decoder_s"] = time.perf_counter() - t0
         self.counters["decoder_runs"] += 1
         return [to_uint8(im) for im in images]

@@ -1,6 +1,7 @@
 """Stage 2: image + mask + image embeddings -> image, step for step as diffusers' ``KandinskyInpaintPipeline``."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -82,6 +83,20 @@ def erode_keep_mask(mask: np.ndarray) -> np.ndarray:
 # against 63 s eagerly with a peak of ~5 GB (it was 12.9 GB before SpatialNorm's zq branch was tied to its
 # input); larger sizes have not been measured, so they stay eager.
 MOVQ_GRAPH_MAX_PIXELS = 768 * 768
+
+
+class _Stopwatch:
+    """Seconds since the previous lap into ``timings[name]`` (nothing when ``timings`` is None)."""
+
+    def __init__(self, timings: Optional[dict]):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 class InpaintPipeline:
@@ -205,13 +220,17 @@ class InpaintPipeline:
                  negative_image_embeds: np.ndarray, negative_prompt: Union[None, str, List[str]] = None,
                  height: int = 512, width: int = 512, num_inference_steps: int = 100, guidance_scale: float = 4.0,
                  num_images_per_prompt: int = 1, noise=None, callback: StepCallback = None,
-                 debug: Optional[dict] = None, scheduler: str = "ddim") -> np.ndarray:
+                 debug: Optional[dict] = None, scheduler: str = "ddim",
+                 timings: Optional[dict] = None) -> np.ndarray:
         """Returns images (num_images, height, width, 3) float32 in [0, 1].
 
         ``image``: PIL image (resized to the working size) or uint8 (H, W, 3) array; ``mask_image``: PIL or float
         (H, W) array, 1 = repaint. ``scheduler``: one of ``schedulers.DECODER_SCHEDULERS``. ``debug``, when a
         dict, receives the pipeline's intermediates; ``debug["step_latents_out"][-1]`` are the final latents.
+        ``timings``, when a dict, receives seconds per stage: ``text_s`` (text encoder), ``movq_encode_s``,
+        ``unet_s`` (the step loop), ``movq_decode_s``.
         """
+        clock = _Stopwatch(timings)
         sampler = make_decoder_scheduler(scheduler, self.scheduler_config)
         noise = as_noise(noise)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -220,6 +239,7 @@ class InpaintPipeline:
         batch = len(prompts) * n
         cfg = guidance_scale > 1.0
         embeds, hidden = self._encode_prompt(prompts, n, cfg, negative)
+        clock.lap("text_s")
         image_embeds = np.asarray(image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
         negative_image_embeds = np.asarray(negative_image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
         if cfg:
@@ -233,6 +253,7 @@ class InpaintPipeline:
         pixels = preprocess_image(image, height, width)
         encode = self._encode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.encode_latents
         image_latents = encode(self._tensor(pixels)).asnumpy().astype(np.float32)
+        clock.lap("movq_encode_s")
         mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
         masked = image_latents * mask
         # one image for the whole batch (diffusers: repeat_interleave(num_images_per_prompt) of one image)
@@ -268,8 +289,10 @@ class InpaintPipeline:
                 debug["step_latents_out"].append(latents)
             if callback is not None:
                 callback(i + 1, len(timesteps))
+        clock.lap("unet_s")
         decode = self._decode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.decode_latents
         decoded = decode(self._tensor(latents)).asnumpy().astype(np.float32)
+        clock.lap("movq_decode_s")
         if debug is not None:
             debug["movq_decoded_preclamp"] = decoded
             debug["step_eps_guided"] = np.stack(debug["step_eps_guided"])

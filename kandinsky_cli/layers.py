@@ -135,6 +135,8 @@ class GroupNorm(nn.Cell):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
         super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels cannot be split into {num_groups} groups")
         self.num_groups = num_groups
         self.eps = eps
         self.weight = _zeros((num_channels,))

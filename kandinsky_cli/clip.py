@@ -7,14 +7,13 @@ the component's ``config.json``; keys missing there take transformers' class def
 """
 from __future__ import annotations
 
-
-
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from . import layers, model_io
 from .layers import LayerNorm, Linear
+from .model_io import Config
 
 # transformers CLIPTextConfig / CLIPVisionConfig defaults (used for keys absent from config.json).
 TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, projection_dim=512,
@@ -32,6 +31,7 @@ def _tanh_gelu(x):
 # transformers ACT2FN names beyond the shared ones in layers.ACTIVATIONS.
 _EXTRA_ACTIVATIONS = {"gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu, "gelu_fast": _tanh_gelu,
                       "relu": ops.relu, "swish": ops.silu}
+HF_ACTIVATIONS = tuple(layers.ACTIVATIONS) + tuple(_EXTRA_ACTIVATIONS)
 
 
 def hf_activation(name: str):
@@ -41,15 +41,38 @@ def hf_activation(name: str):
     return layers.activation(name)
 
 
-def _merged(config: dict, defaults: dict) -> dict:
-    cfg = dict(defaults)
-    cfg.update({k: v for k, v in config.items() if k in defaults and v is not None})
-    return cfg
+def _encoder_config(cfg: Config, defaults: dict) -> dict:
+    """The transformer sizes that both towers share, typed and checked."""
+    out = {key: cfg.int(key, defaults[key], min=1)
+           for key in ("hidden_size", "intermediate_size", "projection_dim", "num_attention_heads")}
+    out["num_hidden_layers"] = cfg.int("num_hidden_layers", defaults["num_hidden_layers"], min=0)
+    out["hidden_act"] = cfg.choice("hidden_act", HF_ACTIVATIONS, defaults["hidden_act"])
+    out["layer_norm_eps"] = cfg.float("layer_norm_eps", defaults["layer_norm_eps"], min=0)
+    cfg.require(out["hidden_size"] % out["num_attention_heads"] == 0, "num_attention_heads",
+                f"{out['num_attention_heads']} heads do not divide hidden_size {out['hidden_size']}")
+    return out
 
 
-def _check_heads(hidden: int, heads: int, what: str):
-    if heads <= 0 or hidden % heads:
-        raise ValueError(f"{what}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+def text_config(config) -> dict:
+    """The effective CLIPTextConfig: config.json over transformers' defaults, every value typed and checked."""
+    cfg = Config.of(config, "CLIP text config")
+    out = _encoder_config(cfg, TEXT_DEFAULTS)
+    out["vocab_size"] = cfg.int("vocab_size", TEXT_DEFAULTS["vocab_size"], min=1)
+    out["max_position_embeddings"] = cfg.int("max_position_embeddings", TEXT_DEFAULTS["max_position_embeddings"],
+                                             min=1)
+    out["eos_token_id"] = cfg.int("eos_token_id", TEXT_DEFAULTS["eos_token_id"], min=0)
+    return out
+
+
+def vision_config(config) -> dict:
+    """The effective CLIPVisionConfig: config.json over transformers' defaults, every value typed and checked."""
+    cfg = Config.of(config, "CLIP vision config")
+    out = _encoder_config(cfg, VISION_DEFAULTS)
+    for key in ("num_channels", "image_size", "patch_size"):
+        out[key] = cfg.int(key, VISION_DEFAULTS[key], min=1)
+    cfg.require(out["patch_size"] <= out["image_size"], "patch_size",
+                f"{out['patch_size']} is larger than image_size {out['image_size']}")
+    return out
 
 
 class CLIPAttention(nn.Cell):
@@ -129,7 +152,7 @@ class CLIPTextTransformer(nn.Cell):
         # Causal mask (key j > query i masked), as torch's min-float fill; a constant, not a parameter.
         causal = np.triu(np.full((n, n), np.finfo(np.float32).min, dtype=np.float32), 1)
         self.causal_mask = Tensor(causal[None, None])
-        eos = int(cfg["eos_token_id"])
+        eos = cfg["eos_token_id"]
         self.legacy_pool = eos == 2
         self.eos_token_id = eos
 
@@ -156,8 +179,7 @@ class CLIPTextModelWithProjection(nn.Cell):
 
     def __init__(self, config: dict):
         super().__init__()
-        cfg = _merged(config, TEXT_DEFAULTS)
-        _check_heads(cfg["hidden_size"], cfg["num_attention_heads"], "text_encoder")
+        cfg = text_config(config)
         self.config = cfg
         self.text_model = CLIPTextTransformer(cfg)
         self.text_projection = Linear(cfg["hidden_size"], cfg["projection_dim"], bias=False)
@@ -209,8 +231,7 @@ class CLIPVisionModelWithProjection(nn.Cell):
 
     def __init__(self, config: dict):
         super().__init__()
-        cfg = _merged(config, VISION_DEFAULTS)
-        _check_heads(cfg["hidden_size"], cfg["num_attention_heads"], "image_encoder")
+        cfg = vision_config(config)
         self.config = cfg
         self.vision_model = CLIPVisionTransformer(cfg)
         self.visual_projection = Linear(cfg["hidden_size"], cfg["projection_dim"], bias=False)

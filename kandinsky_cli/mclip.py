@@ -20,9 +20,8 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn, ops
 
-from .errors import UserError
 from .layers import ACTIVATIONS, Embedding, LayerNorm, Linear, activation, attention
-from .model_io import TRANSFORMERS_WEIGHTS, build_and_load
+from .model_io import TRANSFORMERS_WEIGHTS, Config, build_and_load
 
 FLOAT32_MIN = -3.4028234663852886e38
 FLOAT16_MIN = -65504.0
@@ -33,6 +32,7 @@ class MCLIPConfig:
     """The fields of diffusers' ``MCLIPConfig`` (an ``XLMRobertaConfig``) that the forward pass uses.
 
     Missing keys take the class defaults (XLMRobertaConfig / MCLIPConfig), as ``from_pretrained`` would.
+    ``from_dict`` is the way to make one from a config.json.
     """
 
     vocab_size: int = 30522
@@ -49,42 +49,35 @@ class MCLIPConfig:
     numDims: int = 768
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "MCLIPConfig":
-        cfg = dict(cfg)
-        # MCLIPConfig(transformerDimSize=1024, imageDimSize=768, **kwargs): saved configs carry the attribute names
-        if "transformerDimensions" not in cfg and "transformerDimSize" in cfg:
-            cfg["transformerDimensions"] = cfg["transformerDimSize"]
-        if "numDims" not in cfg and "imageDimSize" in cfg:
-            cfg["numDims"] = cfg["imageDimSize"]
-        kwargs = {f.name: cfg[f.name] for f in fields(cls) if cfg.get(f.name) is not None}
-        try:
-            out = cls(**kwargs)
-            for f in fields(cls):
-                value = getattr(out, f.name)
-                setattr(out, f.name, float(value) if f.type in ("float", float) else
-                        str(value) if f.type in ("str", str) else int(value))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"bad MultilingualCLIP config: {exc}") from None
+    def from_dict(cls, config) -> "MCLIPConfig":
+        """The fields from a config.json dict (or Config), typed and checked: a bad value is a ModelError."""
+        cfg = Config.of(config, "MultilingualCLIP config")
+        d = cls()
+        sizes = {key: cfg.int(key, getattr(d, key), min=1)
+                 for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                             "intermediate_size", "max_position_embeddings", "type_vocab_size")}
+        # MCLIPConfig(transformerDimSize=1024, imageDimSize=768, **kwargs): saved configs carry the attribute
+        # names, older ones perhaps only the constructor's
+        dims = {}
+        for name, alias in (("transformerDimensions", "transformerDimSize"), ("numDims", "imageDimSize")):
+            key = alias if name not in cfg and alias in cfg else name
+            dims[name] = cfg.int(key, getattr(d, name), min=1)
+        out = cls(**sizes, **dims, hidden_act=cfg.choice("hidden_act", tuple(ACTIVATIONS), d.hidden_act),
+                  layer_norm_eps=cfg.float("layer_norm_eps", d.layer_norm_eps, min=0),
+                  pad_token_id=cfg.int("pad_token_id", d.pad_token_id, min=0))
         out.validate(cfg)
         return out
 
-    def validate(self, raw: Optional[dict] = None):
-        raw = raw or {}
-        if self.hidden_act not in ACTIVATIONS:
-            raise UserError(f"MultilingualCLIP config: unsupported hidden_act {self.hidden_act!r} "
-                            f"(supported: {', '.join(sorted(ACTIVATIONS))})")
-        if self.hidden_size % self.num_attention_heads:
-            raise UserError(f"MultilingualCLIP config: hidden_size {self.hidden_size} is not a multiple of "
-                            f"num_attention_heads {self.num_attention_heads}")
-        if self.transformerDimensions != self.hidden_size:
-            raise UserError(f"MultilingualCLIP config: transformerDimensions {self.transformerDimensions} != "
-                            f"hidden_size {self.hidden_size}")
-        pos_type = raw.get("position_embedding_type", "absolute")
-        if pos_type not in (None, "absolute"):
-            raise UserError(f"MultilingualCLIP config: position_embedding_type {pos_type!r} is not supported "
-                            "(only 'absolute')")
-        if raw.get("is_decoder"):
-            raise UserError("MultilingualCLIP config: is_decoder=true is not supported")
+    def validate(self, cfg: Config):
+        """What the values must agree on, and the XLM-R options this port does not implement."""
+        cfg.require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+                    f"{self.num_attention_heads} heads do not divide hidden_size {self.hidden_size}")
+        cfg.require(self.transformerDimensions == self.hidden_size, "transformerDimensions",
+                    f"{self.transformerDimensions} differs from hidden_size {self.hidden_size}")
+        cfg.require(self.pad_token_id < self.vocab_size, "pad_token_id",
+                    f"{self.pad_token_id} is outside the vocabulary (vocab_size {self.vocab_size})")
+        cfg.choice("position_embedding_type", ("absolute", None), "absolute")
+        cfg.choice("is_decoder", (False,), False)
 
 
 class XLMRobertaEmbeddings(nn.Cell):
@@ -213,5 +206,4 @@ class MultilingualCLIP(nn.Cell):
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None, variant: Optional[str] = None) -> "MultilingualCLIP":
         """Build from ``component_dir/config.json`` and load ``model.safetensors`` (strict); eval mode."""
-        return build_and_load(lambda config: cls(MCLIPConfig.from_dict(config)), component_dir,
-                              TRANSFORMERS_WEIGHTS, dtype, variant)
+        return build_and_load(cls, component_dir, TRANSFORMERS_WEIGHTS, dtype, variant)

@@ -18,7 +18,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from .layers import Conv2d, Embedding, GroupNorm, Linear, ResnetBlock2D, SpatialNorm, attention, upsample_nearest2x
-from .model_io import DIFFUSERS_WEIGHTS, build_and_load
+from .model_io import DIFFUSERS_WEIGHTS, Config, build_and_load
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
 UP_BLOCK_TYPES = ("UpDecoderBlock2D", "AttnUpDecoderBlock2D")
@@ -238,7 +238,8 @@ class VectorQuantizer(nn.Cell):
 
 
 class VQModel(nn.Cell):
-    """diffusers ``VQModel`` (MoVQ in Kandinsky 2.1). Keyword arguments and defaults follow diffusers 0.42."""
+    """diffusers ``VQModel`` (MoVQ in Kandinsky 2.1). Keyword arguments and defaults follow diffusers 0.42;
+    build it with ``from_config``, which checks them (the constructor takes them as given)."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3,
                  down_block_types: Sequence[str] = ("DownEncoderBlock2D",),
@@ -253,8 +254,6 @@ class VQModel(nn.Cell):
         down_block_types = list(down_block_types)
         up_block_types = list(up_block_types)
         vq_embed_dim = latent_channels if vq_embed_dim is None else int(vq_embed_dim)
-        self._validate(down_block_types, up_block_types, block_out_channels, layers_per_block, act_fn,
-                       norm_num_groups, norm_type, latent_channels, vq_embed_dim)
         self.config = dict(in_channels=in_channels, out_channels=out_channels, down_block_types=down_block_types,
                            up_block_types=up_block_types, block_out_channels=block_out_channels,
                            layers_per_block=layers_per_block, act_fn=act_fn, latent_channels=latent_channels,
@@ -271,40 +270,12 @@ class VQModel(nn.Cell):
                                norm_num_groups, norm_type, mid_block_add_attention)
         self.spatial = norm_type == "spatial"
 
-    @staticmethod
-    def _validate(down_block_types, up_block_types, block_out_channels, layers_per_block, act_fn, norm_num_groups,
-                  norm_type, latent_channels, vq_embed_dim):
-        if not block_out_channels:
-            raise ValueError("VQModel config: block_out_channels is empty")
-        for kind, types, known in (("down", down_block_types, DOWN_BLOCK_TYPES), ("up", up_block_types, UP_BLOCK_TYPES)):
-            for t in types:
-                if t not in known:
-                    raise ValueError(f"VQModel config: unsupported {kind} block type {t!r} (supported: {', '.join(known)})")
-            if len(types) != len(block_out_channels):
-                raise ValueError(f"VQModel config: {len(types)} {kind}_block_types for {len(block_out_channels)} "
-                                 "block_out_channels (must be equal)")
-        if int(layers_per_block) < 1:
-            raise ValueError(f"VQModel config: layers_per_block must be >= 1, got {layers_per_block}")
-        if act_fn not in ("silu", "swish"):
-            raise ValueError(f"VQModel config: unsupported act_fn {act_fn!r} (only 'silu')")
-        if norm_type not in NORM_TYPES:
-            raise ValueError(f"VQModel config: unsupported norm_type {norm_type!r} (supported: group, spatial)")
-        for c in block_out_channels:
-            if c % norm_num_groups:
-                raise ValueError(f"VQModel config: {c} channels not divisible by norm_num_groups {norm_num_groups}")
-            if norm_type == "spatial" and c % SPATIAL_GROUPS:
-                raise ValueError(f"VQModel config: spatial norm needs channels divisible by {SPATIAL_GROUPS}, got {c}")
-        if norm_type == "spatial" and vq_embed_dim != latent_channels:
-            # diffusers conditions SpatialNorm (built for latent_channels) on the vq_embed_dim-channel latent
-            raise ValueError(f"VQModel config: norm_type 'spatial' needs vq_embed_dim == latent_channels "
-                             f"({vq_embed_dim} != {latent_channels})")
-
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict) -> "VQModel":
-        """Build from a diffusers config dict; unknown keys (``_class_name``, ...) are ignored."""
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        return cls(**{k: v for k, v in config.items() if k in accepted})
+    def from_config(cls, config) -> "VQModel":
+        """Build from a diffusers config dict (or Config): keys absent there take the defaults above, unknown keys
+        (``_class_name``, ...) are ignored, and every value is typed and checked (a ModelError names the key)."""
+        return cls(**vq_arguments(config))
 
     @classmethod
     def from_pretrained(cls, component_dir, dtype=None) -> "VQModel":
@@ -339,10 +310,47 @@ class VQModel(nn.Cell):
 
     def decode(self, z) -> Tensor:
         """Latents (B, latent_channels, h, w) -> image, as diffusers ``decode(z, force_not_quantize=True)``."""
-        if self.config["lookup_from_codebook"]:
-            raise NotImplementedError("VQModel: decoding codebook indices (lookup_from_codebook=True) is not supported")
         return self.decode_latents(self._as_tensor(z))
 
     def construct(self, x):
         """encode then decode (Tensor in, Tensor out)."""
         return self.decode_latents(self.encode_latents(x))
+
+
+def vq_arguments(config) -> dict:
+    """VQModel's keyword arguments from a config.json: every value typed, then checked for consistency."""
+    cfg = Config.of(config, "VQModel config")
+    d = {name: p.default for name, p in inspect.signature(VQModel.__init__).parameters.items() if name != "self"}
+    args = {key: cfg.int(key, d[key], min=1) for key in ("in_channels", "out_channels", "layers_per_block",
+                                                         "latent_channels", "num_vq_embeddings", "norm_num_groups")}
+    args.update(
+        block_out_channels=cfg.list("block_out_channels", d["block_out_channels"], of=int, min=1),
+        down_block_types=cfg.list("down_block_types", d["down_block_types"], options=DOWN_BLOCK_TYPES),
+        up_block_types=cfg.list("up_block_types", d["up_block_types"], options=UP_BLOCK_TYPES),
+        act_fn=cfg.choice("act_fn", ("silu", "swish"), d["act_fn"]),
+        sample_size=cfg.value("sample_size", d["sample_size"]),  # not used by the network
+        vq_embed_dim=cfg.int("vq_embed_dim", d["vq_embed_dim"], min=1),
+        scaling_factor=cfg.float("scaling_factor", d["scaling_factor"]),
+        norm_type=cfg.choice("norm_type", NORM_TYPES, d["norm_type"]),
+        # decoding codebook indices (diffusers' lookup_from_codebook) is not implemented
+        lookup_from_codebook=cfg.choice("lookup_from_codebook", (False,), d["lookup_from_codebook"]),
+        **{key: cfg.bool(key, d[key]) for key in ("mid_block_add_attention", "force_upcast")})
+    _check_consistency(cfg, args)
+    return args
+
+
+def _check_consistency(cfg: Config, args: dict) -> None:
+    channels, groups = args["block_out_channels"], args["norm_num_groups"]
+    for key in ("down_block_types", "up_block_types"):
+        cfg.require(len(args[key]) == len(channels), key,
+                    f"has {len(args[key])} entries for {len(channels)} block_out_channels (must be equal)")
+    spatial = args["norm_type"] == "spatial"
+    for i, c in enumerate(channels):
+        cfg.require(c % groups == 0, "norm_num_groups", f"{groups} does not divide block_out_channels[{i}] = {c}")
+        cfg.require(not spatial or c % SPATIAL_GROUPS == 0, "block_out_channels",
+                    f"norm_type 'spatial' needs multiples of {SPATIAL_GROUPS} (its GroupNorms have "
+                    f"{SPATIAL_GROUPS} groups), got {c}")
+    vq_dim = args["vq_embed_dim"] or args["latent_channels"]
+    # diffusers conditions SpatialNorm (built for latent_channels) on the vq_embed_dim-channel latent
+    cfg.require(not spatial or vq_dim == args["latent_channels"], "vq_embed_dim",
+                f"norm_type 'spatial' needs vq_embed_dim == latent_channels ({vq_dim} != {args['latent_channels']})")

@@ -2,7 +2,7 @@
 
 Parameter names mirror the diffusers checkpoint (``diffusion_pytorch_model.safetensors``). Only the configuration
 that Kandinsky uses is supported (added_emb_type "prd", encoder_hid_proj_type "linear", no norm_in, no
-embedding_proj_norm); any other value raises ValueError instead of being silently ignored.
+embedding_proj_norm); any other value is a ``ModelError`` naming the key instead of being silently ignored.
 
 The sinusoidal timestep projection is computed on the host (``layers.timestep_embedding``) and passed to
 ``construct`` as a Tensor, so the Cell holds no Python-int timestep; ``predict`` does this for you.
@@ -15,6 +15,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from . import layers, model_io
 from .layers import LayerNorm, Linear
+from .model_io import Config
 
 # diffusers PriorTransformer.__init__ defaults (used for keys absent from config.json).
 PRIOR_DEFAULTS = dict(num_attention_heads=32, attention_head_dim=64, num_layers=20, embedding_dim=768,
@@ -28,32 +29,31 @@ _TIME_ACTIVATIONS = {"silu": ops.silu, "swish": ops.silu, "gelu": layers.gelu, "
 MASK_VALUE = -10000.0
 
 
-def prior_config(config: dict) -> dict:
-    """The effective PriorTransformer config: diffusers defaults overridden by config.json; unknown keys ignored."""
-    cfg = dict(PRIOR_DEFAULTS)
-    cfg.update({k: v for k, v in config.items() if k in PRIOR_DEFAULTS})
-    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    cfg["inner_dim"] = inner
-    cfg["time_embed_dim"] = cfg["time_embed_dim"] or inner
-    cfg["embedding_proj_dim"] = cfg["embedding_proj_dim"] or cfg["embedding_dim"]
-    cfg["clip_embed_dim"] = cfg["clip_embed_dim"] or cfg["embedding_dim"]
-    unsupported = {"added_emb_type": "prd", "encoder_hid_proj_type": "linear", "norm_in_type": None,
-                   "embedding_proj_norm_type": None}
-    for key, wanted in unsupported.items():
-        if cfg[key] != wanted:
-            raise ValueError(f"PriorTransformer: {key}={cfg[key]!r} is not supported (only {wanted!r})")
-    if cfg["time_embed_act_fn"] not in _TIME_ACTIVATIONS:
-        raise ValueError(f"PriorTransformer: time_embed_act_fn={cfg['time_embed_act_fn']!r} is not supported "
-                         f"(one of {sorted(_TIME_ACTIVATIONS)})")
-    for key in ("num_attention_heads", "attention_head_dim", "num_layers", "embedding_dim", "num_embeddings",
-                "additional_embeddings"):
-        if not isinstance(cfg[key], int) or cfg[key] < (0 if key in ("num_layers",) else 1):
-            raise ValueError(f"PriorTransformer: {key}={cfg[key]!r} must be a positive integer")
-    if cfg["additional_embeddings"] != 4:
-        # [encoder tokens, proj_embedding, time, x, prd]: diffusers' mask/positional shapes only agree for 4.
-        raise ValueError(f"PriorTransformer: additional_embeddings={cfg['additional_embeddings']!r} is not "
-                         "supported with added_emb_type 'prd' (only 4)")
-    return cfg
+def prior_config(config) -> dict:
+    """The effective PriorTransformer config: config.json over diffusers' defaults, every value typed and
+    checked; unknown keys ignored."""
+    cfg = Config.of(config, "PriorTransformer config")
+    d = PRIOR_DEFAULTS
+    out = {key: cfg.int(key, d[key], min=1)
+           for key in ("num_attention_heads", "attention_head_dim", "embedding_dim", "num_embeddings")}
+    out["num_layers"] = cfg.int("num_layers", d["num_layers"], min=0)
+    # [encoder tokens, proj_embedding, time, x, prd]: diffusers' mask/positional shapes only agree for 4.
+    out["additional_embeddings"] = cfg.choice("additional_embeddings", (4,), d["additional_embeddings"])
+    out["dropout"] = cfg.float("dropout", d["dropout"], min=0)  # inference: no dropout
+    out["time_embed_act_fn"] = cfg.choice("time_embed_act_fn", tuple(_TIME_ACTIVATIONS), d["time_embed_act_fn"])
+    for key in ("added_emb_type", "encoder_hid_proj_type", "norm_in_type", "embedding_proj_norm_type"):
+        out[key] = cfg.choice(key, (d[key],), d[key])  # the only configuration Kandinsky uses
+    inner = out["num_attention_heads"] * out["attention_head_dim"]
+    out["inner_dim"] = inner
+    for key, fallback in (("time_embed_dim", inner), ("embedding_proj_dim", out["embedding_dim"]),
+                          ("clip_embed_dim", out["embedding_dim"])):
+        out[key] = cfg.int(key, None, min=1) or fallback
+    return out
+
+
+def embedding_width(config) -> int:
+    """The width of the image embeddings a prior with this config.json makes (clip_embed_dim)."""
+    return prior_config(config)["clip_embed_dim"]
 
 
 class TimestepEmbedding(nn.Cell):

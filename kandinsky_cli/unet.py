@@ -17,14 +17,8 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from . import layers
-from .errors import UserError
 from .layers import Conv2d, GroupNorm, LayerNorm, Linear, ResnetBlock2D
-from .model_io import DIFFUSERS_WEIGHTS, build_and_load
-
-
-class UNetConfigError(UserError, ValueError):
-    """A UNet config.json value this port does not support (or that diffusers itself rejects)."""
-
+from .model_io import DIFFUSERS_WEIGHTS, Config, build_and_load
 
 # diffusers 0.42 ``UNet2DConditionModel.__init__`` defaults: keys missing from config.json take these.
 DEFAULTS = dict(
@@ -52,32 +46,17 @@ ATTENTION_GROUP_NORM_EPS = 1e-5      # ``Attention(eps=1e-5)`` default: the bloc
 NUM_IMAGE_TEXT_EMBEDS = 10           # ``TextImageProjection(num_image_text_embeds=10)`` default
 CROSS_NORM_GROUPS = 32               # ``Attention(cross_attention_norm_num_groups=32)`` default
 
-DOWN_TYPES = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}
+DOWN_TYPES = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}   # type -> has attention
 UP_TYPES = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
 MID_TYPES = ("UNetMidBlock2DSimpleCrossAttn", None)
 
-
-def _silu_only(name: Optional[str], what: str):
-    if name not in ("silu", "swish"):
-        raise UNetConfigError(f"unet config: {what}={name!r} is not supported (the resnets use SiLU)")
+# The optional activations (time_embedding_act_fn, timestep_post_act) by diffusers name.
+ACTIVATIONS = {"silu": ops.silu, "swish": ops.silu, "gelu": layers.gelu}
 
 
-def _optional_act(name: Optional[str], what: str):
+def _activation(name: Optional[str]):
     """An optional activation as a Python function (None stays None)."""
-    if name is None:
-        return None
-    acts = {"silu": ops.silu, "swish": ops.silu, "gelu": layers.gelu}
-    if name not in acts:
-        raise UNetConfigError(f"unet config: {what}={name!r} is not supported (use silu, swish or gelu)")
-    return acts[name]
-
-
-def _per_block(value, n: int, what: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise UNetConfigError(f"unet config: {what} has {len(value)} entries for {n} down blocks")
-        return list(value)
-    return [value] * n
+    return None if name is None else ACTIVATIONS[name]
 
 
 def _strip_unetres(name):
@@ -109,8 +88,6 @@ class AddedKVAttention(nn.Cell):
         self.add_k_proj = Linear(added_kv_dim, inner)
         self.add_v_proj = Linear(added_kv_dim, inner)
         self.to_out = nn.CellList([Linear(inner, channels)])
-        if cross_attention_norm not in (None, "layer_norm", "group_norm"):
-            raise UNetConfigError(f"unet config: unknown cross_attention_norm {cross_attention_norm!r}")
         self.cross_norm = cross_attention_norm
         if cross_attention_norm == "layer_norm":
             # diffusers sizes it by the attention's cross_attention_dim (= the block channels)
@@ -148,8 +125,8 @@ class TimestepEmbedding(nn.Cell):
         super().__init__()
         self.linear_1 = Linear(in_dim, dim)
         self.linear_2 = Linear(dim, dim)
-        self.act = _optional_act(act_fn, "act_fn")
-        self.post_act = _optional_act(post_act_fn, "timestep_post_act")
+        self.act = _activation(act_fn)
+        self.post_act = _activation(post_act_fn)
 
     def construct(self, x):
         x = self.linear_2(self.act(self.linear_1(x)))
@@ -199,8 +176,6 @@ def _resnet(cin, cout, temb, groups, eps, scale_shift, up=False, down=False):
 def _attentions(num_layers, channels, head_dim, cross_dim, groups, only_cross, cross_norm) -> nn.CellList:
     """One added-KV attention per resnet of a SimpleCrossAttn block (heads = channels // head_dim)."""
     heads = channels // head_dim
-    if heads < 1:
-        raise UNetConfigError(f"unet config: {channels} channels < attention_head_dim {head_dim}")
     return nn.CellList([AddedKVAttention(channels, heads, head_dim, cross_dim, groups, only_cross, cross_norm)
                         for _ in range(num_layers)])
 
@@ -288,8 +263,6 @@ class MidBlock(nn.Cell):
                  cross_norm, num_layers=1):
         super().__init__()
         heads = channels // head_dim
-        if heads < 1:
-            raise UNetConfigError(f"unet config: {channels} channels < attention_head_dim {head_dim}")
         self.num_layers = num_layers
         self.out_scale = float(out_scale)
         self.rescale = self.out_scale != 1.0
@@ -314,11 +287,107 @@ class MidBlock(nn.Cell):
 # The model
 # ----------------------------------------------------------------------------------------------------------
 
-def resolve_config(config: dict) -> dict:
-    """config.json values over diffusers' defaults; unknown keys (and ``_class_name`` etc.) are dropped."""
-    cfg = dict(DEFAULTS)
-    cfg.update({k: v for k, v in config.items() if k in DEFAULTS})
-    return cfg
+def resolve_config(config) -> dict:
+    """The effective config: config.json over diffusers' defaults, every value this port reads typed and
+    checked (a problem is a ModelError naming the key), per-block values as one entry per block.
+    Keys that SimpleCrossAttn blocks never read (dropout, sample_size, ``_class_name``, ...) are dropped."""
+    cfg = Config.of(config, "UNet2DConditionModel config")
+    _check_unsupported(cfg)
+    d = DEFAULTS
+    out = dict(down_block_types=_block_types(cfg, "down_block_types", DOWN_TYPES),
+               up_block_types=_block_types(cfg, "up_block_types", UP_TYPES),
+               block_out_channels=cfg.list("block_out_channels", d["block_out_channels"], of=int, min=1))
+    n = len(out["down_block_types"])
+    for key in ("up_block_types", "block_out_channels"):
+        cfg.require(len(out[key]) == n, key, f"has {len(out[key])} entries for {n} down_block_types (must be equal)")
+    out.update(
+        layers_per_block=cfg.per_block("layers_per_block", n, d["layers_per_block"], of=int, min=1),
+        attention_head_dim=cfg.per_block("attention_head_dim", n, d["attention_head_dim"], of=int, min=1,
+                                         optional=True),
+        cross_attention_dim=cfg.per_block("cross_attention_dim", n, d["cross_attention_dim"], of=int, min=1),
+        only_cross_attention=cfg.per_block("only_cross_attention", n, d["only_cross_attention"], of=bool),
+        mid_block_type=cfg.choice("mid_block_type", MID_TYPES, d["mid_block_type"]),
+        mid_block_only_cross_attention=cfg.bool("mid_block_only_cross_attention", None),
+        time_embedding_dim=cfg.int("time_embedding_dim", None, min=1),
+        encoder_hid_dim=cfg.int("encoder_hid_dim", None, min=1),
+        encoder_hid_dim_type=cfg.choice("encoder_hid_dim_type", (None, "text_proj", "text_image_proj"), None),
+        addition_embed_type=cfg.choice("addition_embed_type", (None, "text_image"), None),
+        act_fn=cfg.choice("act_fn", ("silu", "swish"), d["act_fn"]),  # the resnets use SiLU whatever it says
+        timestep_post_act=cfg.choice("timestep_post_act", (None, *ACTIVATIONS), None),
+        time_embedding_act_fn=cfg.choice("time_embedding_act_fn", (None, *ACTIVATIONS), None),
+        resnet_time_scale_shift=cfg.choice("resnet_time_scale_shift", ("default", "scale_shift"),
+                                           d["resnet_time_scale_shift"]),
+        cross_attention_norm=cfg.choice("cross_attention_norm", (None, "layer_norm", "group_norm"), None),
+        **{key: cfg.int(key, d[key], min=1)
+           for key in ("in_channels", "out_channels", "norm_num_groups", "conv_in_kernel", "conv_out_kernel")},
+        **{key: cfg.bool(key, d[key]) for key in ("center_input_sample", "flip_sin_to_cos")},
+        **{key: cfg.float(key, d[key])
+           for key in ("freq_shift", "norm_eps", "mid_block_scale_factor", "resnet_out_scale_factor")})
+    _resolve_implied(cfg, out)
+    _check_consistency(cfg, out)
+    return out
+
+
+def image_embed_dim(config) -> int:
+    """The width of the image embeddings a UNet with this config.json takes (its cross_attention_dim)."""
+    return resolve_config(config)["cross_attention_dim"][0]
+
+
+def _block_types(cfg: Config, key: str, known: dict) -> list:
+    """A list of block type names, the ``UNetRes`` prefix stripped as diffusers does."""
+    types = [_strip_unetres(t) for t in cfg.list(key, DEFAULTS[key], of=str)]
+    for i, t in enumerate(types):
+        cfg.require(t in known, f"{key}[{i}]", f"must be one of {', '.join(known)}, got {t!r}")
+    return types
+
+
+def _check_unsupported(cfg: Config) -> None:
+    """Options whose diffusers code paths this port does not implement: only their default is accepted."""
+    cfg.choice("num_attention_heads", (None,), None)   # diffusers rejects it too; attention_head_dim is used
+    cfg.choice("time_embedding_type", ("positional",), "positional")
+    for key in ("class_embed_type", "num_class_embeds", "time_cond_proj_dim"):
+        cfg.choice(key, (None,), None)
+    cfg.choice("resnet_skip_time_act", (False,), False)
+    cfg.choice("attention_type", ("default",), "default")
+
+
+def _resolve_implied(cfg: Config, out: dict) -> None:
+    """The values diffusers derives from others when they are not set."""
+    only_cross = cfg.value("only_cross_attention", DEFAULTS["only_cross_attention"])
+    if out["mid_block_only_cross_attention"] is None:
+        out["mid_block_only_cross_attention"] = only_cross if isinstance(only_cross, bool) else False
+    if out["encoder_hid_dim_type"] is None and out["encoder_hid_dim"] is not None:
+        out["encoder_hid_dim_type"] = "text_proj"
+
+
+def _check_consistency(cfg: Config, out: dict) -> None:
+    """What the values must agree on for the network to be built (before any weights are read)."""
+    boc, groups = out["block_out_channels"], out["norm_num_groups"]
+    for i, c in enumerate(boc):
+        cfg.require(c % groups == 0, "norm_num_groups", f"{groups} does not divide block_out_channels[{i}] = {c}")
+    if out["cross_attention_norm"] == "group_norm":
+        for i, c in enumerate(out["cross_attention_dim"]):
+            cfg.require(c % CROSS_NORM_GROUPS == 0, "cross_attention_dim",
+                        f"cross_attention_norm 'group_norm' needs multiples of {CROSS_NORM_GROUPS}, got {c}")
+    if out["encoder_hid_dim_type"] is not None:
+        cfg.require(out["encoder_hid_dim"] is not None, "encoder_hid_dim",
+                    f"is needed by encoder_hid_dim_type {out['encoder_hid_dim_type']!r}")
+    if out["encoder_hid_dim_type"] is not None or out["addition_embed_type"] is not None:
+        cfg.require(not isinstance(cfg.value("cross_attention_dim", None), (list, tuple)), "cross_attention_dim",
+                    "must be a single integer with encoder_hid_dim_type / addition_embed_type (the image "
+                    "embeddings have one width)")
+    for key in ("mid_block_scale_factor", "resnet_out_scale_factor"):
+        cfg.require(out[key] != 0, key, "must not be 0 (hidden states are divided by it)")
+    heads = out["attention_head_dim"]
+    attention = [(boc[i], heads[i]) for i, t in enumerate(out["down_block_types"]) if DOWN_TYPES[t]]
+    # diffusers quirk kept: the up blocks index attention_head_dim by i, not reversed
+    attention += [(boc[::-1][i], heads[i]) for i, t in enumerate(out["up_block_types"]) if UP_TYPES[t]]
+    if out["mid_block_type"] is not None:
+        cfg.require(heads[-1] is not None, "attention_head_dim", "the mid block needs a value (got null)")
+        attention.append((boc[-1], heads[-1]))
+    for channels, head_dim in attention:
+        cfg.require(head_dim is None or head_dim <= channels, "attention_head_dim",
+                    f"{head_dim} is wider than an attention block's {channels} channels (no head would be left)")
 
 
 class UNet2DConditionModel(nn.Cell):
@@ -330,106 +399,58 @@ class UNet2DConditionModel(nn.Cell):
     Returns (B, out_channels, H, W).
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config):
         super().__init__()
         cfg = resolve_config(config)
         self.config = cfg
-        self._check(cfg)
-
-        boc = [int(c) for c in cfg["block_out_channels"]]
-        down_types = [_strip_unetres(t) for t in cfg["down_block_types"]]
-        up_types = [_strip_unetres(t) for t in cfg["up_block_types"]]
-        n = len(down_types)
-        if len(up_types) != n or len(boc) != n:
-            raise UNetConfigError(f"unet config: {len(down_types)} down_block_types, {len(up_types)} "
-                                  f"up_block_types and {len(boc)} block_out_channels must be equal")
-        layers_per_block = [int(x) for x in _per_block(cfg["layers_per_block"], n, "layers_per_block")]
-        head_dims = _per_block(cfg["attention_head_dim"], n, "attention_head_dim")
-        cross_dims = _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim")
-        only_cross = cfg["only_cross_attention"]
-        mid_only_cross = cfg["mid_block_only_cross_attention"]
-        if isinstance(only_cross, bool):
-            if mid_only_cross is None:
-                mid_only_cross = only_cross
-            only_cross = [only_cross] * n
-        only_cross = _per_block(only_cross, n, "only_cross_attention")
-        if mid_only_cross is None:
-            mid_only_cross = False
-
-        groups = int(cfg["norm_num_groups"])
-        eps = float(cfg["norm_eps"])
-        scale_shift = cfg["resnet_time_scale_shift"]
-        if scale_shift not in ("default", "scale_shift"):
-            raise UNetConfigError(f"unet config: resnet_time_scale_shift={scale_shift!r} is not supported")
-        res_scale = cfg["resnet_out_scale_factor"]
-        cross_norm = cfg["cross_attention_norm"]
+        boc = cfg["block_out_channels"]
+        n = len(boc)
+        layers_per_block, head_dims = cfg["layers_per_block"], cfg["attention_head_dim"]
+        cross_dims, only_cross = cfg["cross_attention_dim"], cfg["only_cross_attention"]
+        groups, eps, scale_shift = cfg["norm_num_groups"], cfg["norm_eps"], cfg["resnet_time_scale_shift"]
+        res_scale, cross_norm = cfg["resnet_out_scale_factor"], cfg["cross_attention_norm"]
 
         self.block_out_channels = tuple(boc)
-        self.in_channels = int(cfg["in_channels"])
-        self.out_channels = int(cfg["out_channels"])
-        self.flip_sin_to_cos = bool(cfg["flip_sin_to_cos"])
-        self.freq_shift = float(cfg["freq_shift"])
-        self.center_input_sample = bool(cfg["center_input_sample"])
+        self.in_channels = cfg["in_channels"]
+        self.out_channels = cfg["out_channels"]
+        self.flip_sin_to_cos = cfg["flip_sin_to_cos"]
+        self.freq_shift = cfg["freq_shift"]
+        self.center_input_sample = cfg["center_input_sample"]
 
         # input and time embedding
-        k_in = int(cfg["conv_in_kernel"])
+        k_in = cfg["conv_in_kernel"]
         self.conv_in = Conv2d(self.in_channels, boc[0], k_in, padding=(k_in - 1) // 2)
-        time_embed_dim = int(cfg["time_embedding_dim"] or boc[0] * 4)
+        time_embed_dim = cfg["time_embedding_dim"] or boc[0] * 4
         self.time_embed_dim = time_embed_dim
         self.time_embedding = TimestepEmbedding(boc[0], time_embed_dim, cfg["act_fn"], cfg["timestep_post_act"])
-        self.time_embed_act = _optional_act(cfg["time_embedding_act_fn"], "time_embedding_act_fn")
+        self.time_embed_act = _activation(cfg["time_embedding_act_fn"])
 
-        # encoder hidden states projection
-        hid_type = cfg["encoder_hid_dim_type"]
-        hid_dim = cfg["encoder_hid_dim"]
-        if hid_type is None and hid_dim is not None:
-            hid_type = "text_proj"
-        if hid_type is not None and hid_dim is None:
-            raise UNetConfigError(f"unet config: encoder_hid_dim_type={hid_type!r} needs encoder_hid_dim")
-        self.hid_type = hid_type
-        if hid_type == "text_image_proj":
-            cd = self._single_cross_dim(cfg, "encoder_hid_dim_type 'text_image_proj'")
-            self.encoder_hid_proj = TextImageProjection(int(hid_dim), cd, cd)
-        elif hid_type == "text_proj":
-            cd = self._single_cross_dim(cfg, "encoder_hid_dim_type 'text_proj'")
-            self.encoder_hid_proj = Linear(int(hid_dim), cd)
-        elif hid_type is not None:
-            raise UNetConfigError(f"unet config: encoder_hid_dim_type={hid_type!r} is not supported "
-                                  "(text_image_proj, text_proj or null)")
-
-        # added (text/image) embedding
-        add_type = cfg["addition_embed_type"]
-        self.add_type = add_type
-        if add_type == "text_image":
-            cd = self._single_cross_dim(cfg, "addition_embed_type 'text_image'")
+        # encoder hidden states projection and added (text/image) embedding: one cross_attention_dim
+        self.image_embed_dim = cd = cross_dims[0]
+        self.hid_type = cfg["encoder_hid_dim_type"]
+        if self.hid_type == "text_image_proj":
+            self.encoder_hid_proj = TextImageProjection(cfg["encoder_hid_dim"], cd, cd)
+        elif self.hid_type == "text_proj":
+            self.encoder_hid_proj = Linear(cfg["encoder_hid_dim"], cd)
+        self.add_type = cfg["addition_embed_type"]
+        if self.add_type == "text_image":
             self.add_embedding = TextImageTimeEmbedding(cd, cd, time_embed_dim)
-        elif add_type is not None:
-            raise UNetConfigError(f"unet config: addition_embed_type={add_type!r} is not supported (text_image or null)")
 
         # down
         down = []
         out_ch = boc[0]
-        for i, t in enumerate(down_types):
-            if t not in DOWN_TYPES:
-                raise UNetConfigError(f"unet config: down block type {t!r} is not supported "
-                                      f"({', '.join(DOWN_TYPES)})")
+        for i, t in enumerate(cfg["down_block_types"]):
             in_ch, out_ch = out_ch, boc[i]
             hd = head_dims[i] if head_dims[i] is not None else out_ch
             down.append(DownBlock(layers_per_block[i], in_ch, out_ch, time_embed_dim, groups, eps, scale_shift,
-                                  res_scale, i < n - 1, DOWN_TYPES[t], int(hd), int(cross_dims[i]),
-                                  bool(only_cross[i]), cross_norm))
+                                  res_scale, i < n - 1, DOWN_TYPES[t], hd, cross_dims[i], only_cross[i], cross_norm))
         self.down_blocks = nn.CellList(down)
 
         # mid
-        mid_type = cfg["mid_block_type"]
-        if mid_type not in MID_TYPES:
-            raise UNetConfigError(f"unet config: mid_block_type {mid_type!r} is not supported "
-                                  "(UNetMidBlock2DSimpleCrossAttn or null)")
-        self.has_mid = mid_type is not None
+        self.has_mid = cfg["mid_block_type"] is not None
         if self.has_mid:
-            self.mid_block = MidBlock(boc[-1], time_embed_dim, groups, eps, scale_shift,
-                                      cfg["mid_block_scale_factor"], int(head_dims[-1]), int(cross_dims[-1]),
-                                      bool(mid_only_cross), cross_norm)
+            self.mid_block = MidBlock(boc[-1], time_embed_dim, groups, eps, scale_shift, cfg["mid_block_scale_factor"],
+                                      head_dims[-1], cross_dims[-1], cfg["mid_block_only_cross_attention"], cross_norm)
 
         # up (diffusers quirk kept: attention_head_dim is indexed by i, *not* reversed, for the up blocks)
         rev_ch = list(reversed(boc))
@@ -437,58 +458,20 @@ class UNet2DConditionModel(nn.Cell):
         rev_cross = list(reversed(cross_dims))
         rev_only_cross = list(reversed(only_cross))
         up = []
-        skips_per_up = []
         out_ch = rev_ch[0]
-        for i, t in enumerate(up_types):
-            if t not in UP_TYPES:
-                raise UNetConfigError(f"unet config: up block type {t!r} is not supported ({', '.join(UP_TYPES)})")
+        for i, t in enumerate(cfg["up_block_types"]):
             prev_out, out_ch = out_ch, rev_ch[i]
             in_ch = rev_ch[min(i + 1, n - 1)]
             hd = head_dims[i] if head_dims[i] is not None else out_ch
             up.append(UpBlock(rev_layers[i] + 1, in_ch, out_ch, prev_out, time_embed_dim, groups, eps, scale_shift,
-                              res_scale, i < n - 1, UP_TYPES[t], int(hd), int(rev_cross[i]),
-                              bool(rev_only_cross[i]), cross_norm))
-            skips_per_up.append(rev_layers[i] + 1)
+                              res_scale, i < n - 1, UP_TYPES[t], hd, rev_cross[i], rev_only_cross[i], cross_norm))
         self.up_blocks = nn.CellList(up)
-        self.skips_per_up = tuple(skips_per_up)
-        n_skips = 1 + sum(layers_per_block) + (n - 1)
-        if n_skips != sum(skips_per_up):
-            raise UNetConfigError(f"unet config: down blocks give {n_skips} skips, up blocks use {sum(skips_per_up)}")
+        self.skips_per_up = tuple(x + 1 for x in rev_layers)
 
         # out
         self.conv_norm_out = GroupNorm(groups, boc[0], eps=eps)
-        k_out = int(cfg["conv_out_kernel"])
+        k_out = cfg["conv_out_kernel"]
         self.conv_out = Conv2d(boc[0], self.out_channels, k_out, padding=(k_out - 1) // 2)
-
-    # -- config checks ---------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _single_cross_dim(cfg, what) -> int:
-        cd = cfg["cross_attention_dim"]
-        if isinstance(cd, (list, tuple)):
-            raise UNetConfigError(f"unet config: {what} needs a single int cross_attention_dim, got {cd}")
-        return int(cd)
-
-    @staticmethod
-    def _check(cfg):
-        def unsupported(key, why=""):
-            raise UNetConfigError(f"unet config: {key}={cfg[key]!r} is not supported{why}")
-
-        if cfg["num_attention_heads"] is not None:
-            unsupported("num_attention_heads", " (diffusers rejects it too; use attention_head_dim)")
-        if cfg["time_embedding_type"] != "positional":
-            unsupported("time_embedding_type")
-        if cfg["class_embed_type"] is not None or cfg["num_class_embeds"] is not None:
-            unsupported("class_embed_type" if cfg["class_embed_type"] is not None else "num_class_embeds")
-        if cfg["time_cond_proj_dim"] is not None:
-            unsupported("time_cond_proj_dim")
-        if cfg["resnet_skip_time_act"]:
-            unsupported("resnet_skip_time_act")
-        if cfg["norm_num_groups"] is None:
-            unsupported("norm_num_groups")
-        if cfg["attention_type"] != "default":
-            unsupported("attention_type")
-        _silu_only(cfg["act_fn"], "act_fn")
 
     # -- forward -------------------------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ from .schedulers import make_decoder_scheduler
 
 StepCallback = Optional[Callable[[int, int], None]]
 
+# The model_index.json entries of the components loaded here.
+INPAINT_COMPONENTS = ("text_encoder", "tokenizer", "unet", "movq", "scheduler")
+
 
 def get_new_h_w(h: int, w: int, scale_factor: int) -> tuple:
     """diffusers' ``get_new_h_w``: the latent size, ceil(h / f**2) * f."""
@@ -121,6 +124,7 @@ class InpaintPipeline:
         self.root = Path(root)
         self.dtype = dtype or ms.float32
         self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
+        model_io.read_model_index(self.root, INPAINT_COMPONENTS)
         self.tokenizer = load_xlmr_tokenizer(self.root / "tokenizer")
         self.text_encoder = None
         self._text_fn = None
@@ -131,11 +135,10 @@ class InpaintPipeline:
         self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", dtype)
         self.movq = VQModel.from_pretrained(self.root / "movq", dtype)
         # the folder's (DDIM) config: every call builds its sampler from it (see schedulers.make_decoder_scheduler)
-        self.scheduler_config = model_io.read_config(self.root / "scheduler", "scheduler_config.json")
-        self.unet_config = model_io.read_config(self.root / "unet")
-        self.latent_channels = int(self.movq.config["latent_channels"])
+        self.scheduler_config = model_io.read_scheduler_config(self.root / "scheduler")
+        self.latent_channels = self.movq.config["latent_channels"]
         self.scale_factor = self.movq.scale_factor
-        self.image_embed_dim = int(self.unet_config["cross_attention_dim"])
+        self.image_embed_dim = self.unet.image_embed_dim
         self.mode = mode
         self._unet_fn = compiled(self.unet, mode)
         self._encode_graph = compiled(self.movq.encode_latents, mode)

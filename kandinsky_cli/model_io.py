@@ -255,6 +255,13 @@ def read_scheduler_config(scheduler_dir: Path) -> Config:
     return cfg
 
 
+def build_scheduler(make: Callable[[Config], "object"], scheduler_dir: Path):
+    """``make(scheduler_config.json)`` (a sampler class), every problem with the file a ModelError."""
+    config = read_scheduler_config(scheduler_dir)
+    with config_errors(config.source):
+        return make(config)
+
+
 # Errors that a network's constructor can still raise on a config value its checks did not foresee.
 _BUILD_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError)
 

@@ -11,6 +11,9 @@ from .noise import as_noise
 
 StepCallback = Optional[Callable[[int, int], None]]
 
+# The model_index.json entries of the components loaded here (image_processor is optional).
+PRIOR_COMPONENTS = ("prior", "text_encoder", "image_encoder", "tokenizer", "scheduler")
+
 
 def clip_preprocess(image, config: dict) -> np.ndarray:
     """CLIPImageProcessor (PIL flavour): resize shortest side, center crop, rescale, normalize -> (1, 3, S, S)."""
@@ -58,14 +61,16 @@ class PriorPipeline:
         self.root = Path(root)
         self.dtype = dtype or ms.float32
         self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
+        model_io.read_model_index(self.root, PRIOR_COMPONENTS)
         self.tokenizer = load_clip_tokenizer(self.root / "tokenizer")
         self.text_encoder = CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype)
         self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(self.root / "image_encoder", dtype)
         self.prior = PriorTransformer.from_pretrained(self.root / "prior", dtype)
-        self.scheduler = UnCLIPScheduler(model_io.read_config(self.root / "scheduler", "scheduler_config.json"))
-        processor = self.root / "image_processor" / "preprocessor_config.json"
-        self.image_processor_config = model_io.read_json(processor) if processor.is_file() else {}
-        self.image_size = int(model_io.read_config(self.root / "image_encoder").get("image_size", 224))
+        self.scheduler = model_io.build_scheduler(UnCLIPScheduler, self.root / "scheduler")
+        processor = self.root / "image_processor"
+        self.image_processor_config = (model_io.read_config(processor, "preprocessor_config.json")
+                                       if (processor / "preprocessor_config.json").is_file() else {})
+        self.image_size = self.image_encoder.config["image_size"]
         self.embedding_dim = self.prior.embedding_dim
         self._zero_embed = None
         self.mode = mode

@@ -352,6 +352,11 @@ def safetensors_headers(files: Sequence[Path]) -> Dict[str, TensorInfo]:
     return infos
 
 
+def safetensors_shapes(files: Sequence[Path]) -> Dict[str, tuple]:
+    """{key: shape} from the files' headers, without reading any tensor data."""
+    return {key: info.shape for key, info in safetensors_headers(files).items()}
+
+
 # safetensors dtype names -> numpy. BF16 has no numpy type: it is read as uint16 and widened to float32
 # (a bfloat16 is the upper half of a float32, so the conversion is exact).
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
@@ -435,8 +440,8 @@ def _check_tensors(params: dict, names: Dict[str, str], infos: Dict[str, TensorI
     for key, name in names.items():
         info, param = infos[key], params[name]
         if info.shape != tuple(param.shape):
-            raise ModelError(f"{where}: tensor {name} has shape {info.shape} in the checkpoint but the "
-                             f"config gives {tuple(param.shape)}")
+            raise ModelError(f"{where}: tensor {name} has shape {info.shape} in the checkpoint but "
+                             f"config.json gives {tuple(param.shape)}")
         accepted = _accepted_dtypes(param)
         if info.dtype not in accepted:
             raise ModelError(f"{info.path}: tensor {key} is stored as {info.dtype}, but parameter {name} needs "
@@ -469,11 +474,11 @@ def load_weights(cell, component_dir: Path, base: str, dtype=None, variant: Opti
     where = Path(component_dir)
     missing = sorted(set(params) - set(names.values()))
     if missing:
-        raise ModelError(f"{where}: checkpoint lacks {len(missing)} parameter(s), first: {missing[0]} "
-                         f"(shape {tuple(params[missing[0]].shape)})")
+        raise ModelError(f"{where}: checkpoint lacks {len(missing)} parameter(s) that config.json builds, first: "
+                         f"{missing[0]} (shape {tuple(params[missing[0]].shape)})")
     if unexpected:
         raise ModelError(f"{where}: checkpoint has {len(unexpected)} unexpected tensor(s), first: {unexpected[0]} "
-                         f"(shape {infos[unexpected[0]].shape}); is the config right for these weights?")
+                         f"(shape {infos[unexpected[0]].shape}); is config.json right for these weights?")
     _check_tensors(params, names, infos, where)
     target = dtype or ms.float32
     np_dtype = np.float16 if target == ms.float16 else np.float32

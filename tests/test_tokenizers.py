@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from kandinsky_cli.errors import UserError
+from kandinsky_cli.errors import ModelError, UserError
 from kandinsky_cli.tokenizer import load_clip_tokenizer, load_xlmr_tokenizer
 
 TOKENIZERS = {
@@ -112,3 +112,25 @@ def test_sentencepiece_missing_is_a_clear_user_error(fixture_dir, tmp_path, monk
         load_xlmr_tokenizer(folder)
     # with tokenizer.json present, sentencepiece is not needed
     assert load_xlmr_tokenizer(fixture_dir / "inpaint/tokenizer").source == "tokenizer.json"
+
+
+@pytest.mark.parametrize("name,path,file,content,problem", [
+    ("clip", "tokenizer.json", "tokenizer.json", '{"model": ', r"cannot read tokenizer .*tokenizer\.json"),
+    ("xlmr", "tokenizer.json", "tokenizer.json", "not json", r"cannot read tokenizer .*tokenizer\.json"),
+    ("clip", "tokenizer.json", "tokenizer_config.json", "{", r"cannot read .*tokenizer_config\.json"),
+    ("clip", "fallback", "tokenizer_config.json", "[]", r"tokenizer_config\.json: must be a JSON object"),
+    ("xlmr", "tokenizer.json", "special_tokens_map.json", "3", r"special_tokens_map\.json: must be a JSON object"),
+    ("clip", "fallback", "vocab.json", "{", r"cannot read CLIP vocabulary .*vocab\.json"),
+    ("clip", "fallback", "vocab.json", '{"a": 0}', r"vocab\.json: special token '<\|startoftext\|>' is not in"),
+    ("clip", "fallback", "merges.txt", "#version: 0.2\na\n", r"merges\.txt"),
+    ("xlmr", "fallback", "sentencepiece.bpe.model", "junk", r"cannot read sentencepiece model .*bpe\.model"),
+])
+def test_unreadable_tokenizer_files_are_model_errors(name, path, file, content, problem, fixture_dir, tmp_path):
+    folder, loader, _ = TOKENIZERS[name]
+    if path == "tokenizer.json":
+        folder = shutil.copytree(fixture_dir / folder, tmp_path / "tokenizer")
+    else:
+        folder = _copy_without_tokenizer_json(fixture_dir, folder, tmp_path)
+    (folder / file).write_text(content, encoding="utf-8")
+    with pytest.raises(ModelError, match=problem):
+        loader(folder)

@@ -11,6 +11,7 @@ The sinusoidal timestep embedding is computed on the host (``layers.timestep_emb
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import numpy as np
@@ -312,7 +313,7 @@ def resolve_config(config) -> dict:
         encoder_hid_dim=cfg.int("encoder_hid_dim", None, min=1),
         encoder_hid_dim_type=cfg.choice("encoder_hid_dim_type", (None, "text_proj", "text_image_proj"), None),
         addition_embed_type=cfg.choice("addition_embed_type", (None, "text_image"), None),
-        act_fn=cfg.choice("act_fn", ("silu", "swish"), d["act_fn"]),  # the resnets use SiLU whatever it says
+        act_fn=cfg.choice("act_fn", ("silu", "swish"), d["act_fn"]),  # the resnets are SiLU-only
         timestep_post_act=cfg.choice("timestep_post_act", (None, *ACTIVATIONS), None),
         time_embedding_act_fn=cfg.choice("time_embedding_act_fn", (None, *ACTIVATIONS), None),
         resnet_time_scale_shift=cfg.choice("resnet_time_scale_shift", ("default", "scale_shift"),
@@ -321,8 +322,8 @@ def resolve_config(config) -> dict:
         **{key: cfg.int(key, d[key], min=1)
            for key in ("in_channels", "out_channels", "norm_num_groups", "conv_in_kernel", "conv_out_kernel")},
         **{key: cfg.bool(key, d[key]) for key in ("center_input_sample", "flip_sin_to_cos")},
-        **{key: cfg.float(key, d[key])
-           for key in ("freq_shift", "norm_eps", "mid_block_scale_factor", "resnet_out_scale_factor")})
+        norm_eps=cfg.float("norm_eps", d["norm_eps"], min=0),
+        **{key: cfg.float(key, d[key]) for key in ("freq_shift", "mid_block_scale_factor", "resnet_out_scale_factor")})
     _resolve_implied(cfg, out)
     _check_consistency(cfg, out)
     return out
@@ -337,7 +338,7 @@ def _block_types(cfg: Config, key: str, known: dict) -> list:
     """A list of block type names, the ``UNetRes`` prefix stripped as diffusers does."""
     types = [_strip_unetres(t) for t in cfg.list(key, DEFAULTS[key], of=str)]
     for i, t in enumerate(types):
-        cfg.require(t in known, f"{key}[{i}]", f"must be one of {', '.join(known)}, got {t!r}")
+        cfg.require(t in known, f"{key}[{i}]", f"must be one of {', '.join(known)}, got {json.dumps(t)}")
     return types
 
 

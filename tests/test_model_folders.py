@@ -97,7 +97,7 @@ CONFIG_CASES = [
     # UNet
     ("inpaint/unet", {"down_block_types": ["ResnetDownsampleBlock2D"]}, "has 2 entries for 1 down_block_types"),
     ("inpaint/unet", {"down_block_types": ["ResnetDownsampleBlock2D", "CrossAttnDownBlock2D"]},
-     r"down_block_types\[1\]: must be one of .*got 'CrossAttnDownBlock2D'"),
+     r"down_block_types\[1\]: must be one of .*got \"CrossAttnDownBlock2D\""),
     ("inpaint/unet", {"mid_block_type": "UNetMidBlock2DCrossAttn"}, "mid_block_type: must be one of"),
     ("inpaint/unet", {"attention_head_dim": 128}, "attention_head_dim: 128 is wider than an attention block's 64"),
     ("inpaint/unet", {"norm_num_groups": 24}, r"norm_num_groups: 24 does not divide block_out_channels\[0\] = 32"),

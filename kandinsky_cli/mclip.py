@@ -14,7 +14,7 @@ Parameter names are the checkpoint's (``transformer.*`` = transformers' XLMRober
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import mindspore as ms

@@ -11,12 +11,12 @@ Special tokens typed in a prompt are matched with the folder's flags (normalized
 as transformers 5.24 resolves them (``read_special_tokens``): e.g. ``normalized: true`` makes CLIP match
 ``<|ENDOFTEXT|>`` in any case, since its normalizer lowercases. Measured against transformers (ids in
 tests/test_tokenizer_special.py): 5.24.0 ``CLIPTokenizer`` / ``XLMRobertaTokenizer`` give the same ids as this
-module on every folder variant tried (for XLM-R: those with a tokenizer.json). 4.57.6 differs: its slow ``CLIPTokenizer`` (what diffusers loads with 4.x,
-model_index.json naming ``CLIPTokenizer``) matches CLIP special tokens in any case whatever the flags;
-``CLIPTokenizerFast`` does too when built from vocab.json + merges.txt, and with a tokenizer.json follows its
-flags and ignores ``added_tokens_decoder``. The XLM-R sentencepiece fallback matches special tokens exactly as
-written, like 4.57.6's slow ``XLMRobertaTokenizer``; 5.24.0 (and 4.57.6's fast one) also match them after
-NFKC, e.g. a full-width ``＜mask＞``.
+module on every folder variant tried (for XLM-R: those with a tokenizer.json). 4.57.6 differs: its slow
+``CLIPTokenizer`` (what diffusers loads with 4.x, model_index.json naming ``CLIPTokenizer``) matches CLIP special
+tokens in any case whatever the flags; ``CLIPTokenizerFast`` does too when built from vocab.json + merges.txt,
+and with a tokenizer.json follows its flags and ignores ``added_tokens_decoder``. The XLM-R sentencepiece
+fallback matches special tokens exactly as written, like 4.57.6's slow ``XLMRobertaTokenizer``; 5.24.0 (and
+4.57.6's fast one) also match them after NFKC, e.g. a full-width ``＜mask＞``.
 
 Every tokenizer is called as ``tok(texts, max_length=77) -> (input_ids, attention_mask)``, both int64 numpy
 arrays of shape (B, max_length): special tokens added, over-long texts truncated so that the leading BOS and the

@@ -112,7 +112,8 @@ CONFIG_CASES = [
     ("inpaint/unet", {"class_embed_type": "timestep"}, r"class_embed_type: must be null \(the only supported"),
     ("inpaint/unet", {"resnet_out_scale_factor": 0}, "resnet_out_scale_factor: must not be 0"),
     # MoVQ
-    ("inpaint/movq", {"up_block_types": ["UpDecoderBlock2D"]}, "up_block_types: has 1 entries for 2 block_out_channels"),
+    ("inpaint/movq", {"up_block_types": ["UpDecoderBlock2D"]},
+     "up_block_types: has 1 entries for 2 block_out_channels"),
     ("inpaint/movq", {"up_block_types": ["UpBlock2D", "UpDecoderBlock2D"]}, r"up_block_types\[0\]: must be one of"),
     ("inpaint/movq", {"norm_num_groups": 7}, r"norm_num_groups: 7 does not divide block_out_channels\[0\] = 32"),
     ("inpaint/movq", {"block_out_channels": [16, 64]}, "block_out_channels: norm_type 'spatial' needs multiples of 32"),
@@ -140,7 +141,8 @@ def test_bad_config_values_name_file_and_key_before_any_weights(component, chang
 def test_a_missing_key_takes_the_default_which_the_weights_then_contradict(component, key, tmp_path):
     folder = copy_component(component, tmp_path)
     edit_json(folder / "config.json", {key: DELETE})
-    with pytest.raises(ModelError, match=f"{re.escape(str(folder))}: (tensor .* but config.json gives|checkpoint lacks)"):
+    problem = f"{re.escape(str(folder))}: (tensor .* but config.json gives|checkpoint lacks)"
+    with pytest.raises(ModelError, match=problem):
         NETWORKS[component].from_pretrained(folder)
 
 
@@ -233,7 +235,8 @@ class _Counter(nn.Cell):
 
 @pytest.mark.parametrize("stored,ok", [(np.int64, True), (np.uint8, True), (np.float32, False)])
 def test_an_integer_parameter_needs_integer_data(stored, ok, tmp_path):
-    save_file({"steps": np.array([1, 2, 3], stored), "scale": np.ones(2, np.float32)}, str(tmp_path / "model.safetensors"))
+    save_file({"steps": np.array([1, 2, 3], stored), "scale": np.ones(2, np.float32)},
+              str(tmp_path / "model.safetensors"))
     cell = _Counter()
     if ok:
         model_io.load_weights(cell, tmp_path, "model")
@@ -380,6 +383,7 @@ def test_batch_command(pipelines, what, job):
         "defaults: {steps: 2, prior_steps: 2, height: 64, width: 64}\n"
         f"jobs:\n  - {{image: image.png, mask_rects: ['0:30,0:30'], prompt: x, out: o.png, {job}}}\n", encoding="utf-8")
     result = runner.invoke(app, ["batch", str(pipelines / "jobs.yaml"), "--out-dir", str(pipelines / "out"),
-                                 "--prior-model", str(pipelines / "prior"), "--decoder-model", str(pipelines / "inpaint")])
+                                 "--prior-model", str(pipelines / "prior"),
+                                 "--decoder-model", str(pipelines / "inpaint")])
     assert_one_error_line(result, broken)
     assert not list((pipelines / "out").glob("*.png"))

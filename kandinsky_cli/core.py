@@ -195,10 +195,11 @@ class Kandinsky:
 
     def check_embedding_widths(self) -> None:
         """The prior's embeddings must have the width the decoder expects (from the configs alone)."""
-        prior = model_io.read_config(self.root("prior") / "prior")
-        unet = model_io.read_config(self.root("decoder") / "unet")
-        width_p = int(prior.get("clip_embed_dim") or prior.get("embedding_dim", 768))
-        width_d = int(unet["cross_attention_dim"])
+        from .prior import embedding_width
+        from .unet import image_embed_dim
+
+        width_p = embedding_width(model_io.read_config(self.root("prior") / "prior"))
+        width_d = image_embed_dim(model_io.read_config(self.root("decoder") / "unet"))
         if width_p != width_d:
             raise UserError(f"the prior {self.prior_model} makes {width_p}-wide embeddings but the decoder "
                             f"{self.decoder_model} expects {width_d}: the checkpoints do not match")
@@ -334,9 +335,11 @@ class Kandinsky:
         """The sampler can take the request's steps with the decoder folder's scheduler config."""
         from .schedulers import make_decoder_scheduler
 
-        config = model_io.read_config(self.root("decoder") / "scheduler", "scheduler_config.json")
+        config = model_io.read_scheduler_config(self.root("decoder") / "scheduler")
+        with model_io.config_errors(config.source):
+            sampler = make_decoder_scheduler(req.scheduler, config)
         try:
-            make_decoder_scheduler(req.scheduler, config).timesteps(req.steps)
+            sampler.timesteps(req.steps)
         except ValueError as e:
             raise UserError(f"--steps {req.steps} with --scheduler {req.scheduler}: {e}") from None
 

@@ -70,8 +70,9 @@ def decoder_peak_bytes(root: Path, height: int, width: int, batch: int, dtype: s
     root = Path(root)
     value_bytes = 2 if dtype == "float16" else 4
     weights = sum(weight_bytes(root / part, value_bytes) for part in ("unet", "movq"))
-    unet = model_io.read_config(root / "unet")
-    channels = unet.get("block_out_channels") or [_REFERENCE_WIDTH]
+    from .unet import resolve_config
+
+    channels = resolve_config(model_io.read_config(root / "unet"))["block_out_channels"]
     scale = (batch / _REFERENCE_BATCH) * (float(channels[0]) / _REFERENCE_WIDTH)
     mp = height * width / 1e6
     working = scale * (_LINEAR_GB_PER_MP * mp + _QUADRATIC_GB_PER_MP2 * mp * mp) * GB

@@ -456,10 +456,13 @@ def load_weights(cell, component_dir: Path, base: str, dtype=None, variant: Opti
     A missing, unexpected, wrongly shaped or wrongly typed tensor is a ModelError naming the key (and the
     file), found from the file headers before any data is read. Tensors are then read one at a time and
     handed to the parameter without a second copy, so peak memory is the model plus one tensor.
-    ``dtype`` (a MindSpore dtype) casts floating-point weights; None keeps float32.
+    ``dtype`` (a MindSpore dtype) casts floating-point weights; None keeps float32. In float16 the component's
+    ``fp16`` variant files are read where it has them (what ``kandinsky download --dtype float16`` fetches).
     """
     import mindspore as ms
 
+    if variant is None and dtype == ms.float16:
+        variant = "fp16"
     files = weight_files(component_dir, base, variant)
     infos = safetensors_headers(files)
     params = dict(cell.parameters_and_names())

@@ -387,3 +387,44 @@ def test_batch_command(pipelines, what, job):
                                  "--decoder-model", str(pipelines / "inpaint")])
     assert_one_error_line(result, broken)
     assert not list((pipelines / "out").glob("*.png"))
+
+
+def test_float16_reads_the_fp16_variant_where_a_component_has_it(tmp_path):
+    import mindspore as ms
+    from safetensors.numpy import load_file, save_file
+
+    from kandinsky_cli.movq import VQModel
+
+    folder = tmp_path / "movq"
+    shutil.copytree(FIXTURE / "inpaint" / "movq", folder)
+    plain = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    halved = {k: (v * 0.5).astype(np.float16) for k, v in plain.items()}
+    save_file(halved, str(folder / "diffusion_pytorch_model.fp16.safetensors"))
+    key = next(k for k, v in plain.items() if v.ndim == 4)
+    name = key
+    fp16 = dict(VQModel.from_pretrained(folder, ms.float16).parameters_and_names())
+    fp32 = dict(VQModel.from_pretrained(folder, ms.float32).parameters_and_names())
+    np.testing.assert_array_equal(fp16[name].asnumpy(), halved[key])
+    np.testing.assert_array_equal(fp32[name].asnumpy(), plain[key])
+
+
+@pytest.mark.parametrize("part,file,change,fragment", [
+    ("inpaint", "unet/config.json", {"cross_attention_dim": "abc"}, "cross_attention_dim"),
+    ("inpaint", "unet/config.json", {"block_out_channels": "abc"}, "block_out_channels"),
+    ("inpaint", "scheduler/scheduler_config.json", {"thresholding": True}, "scheduler_config.json"),
+])
+def test_engine_checks_before_loading_name_the_file(tmp_path, part, file, change, fragment):
+    from kandinsky_cli.core import InpaintRequest, Kandinsky
+    from kandinsky_cli.errors import UserError
+
+    for name in ("prior", "inpaint"):
+        shutil.copytree(FIXTURE / name, tmp_path / name)
+    path = tmp_path / part / file
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    engine = Kandinsky(prior_model=str(tmp_path / "prior"), decoder_model=str(tmp_path / "inpaint"))
+    request = InpaintRequest({"image": tmp_path / "in.png", "prompt": "x", "mask_rects": ("0:9,0:9",),
+                              "out": tmp_path / "o.png", "height": 64, "width": 64})
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        engine.check_embedding_widths()
+        engine.prepare(request)

@@ -171,10 +171,10 @@ def test_iter_tensors_reads_every_dtype_exactly(tmp_path):
 def test_unreadable_tensors_are_clear_errors(tmp_path):
     import struct
 
-    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
-    path = tmp_path / "bf16.safetensors"
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "f8.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
-    with pytest.raises(UserError, match="unsupported dtype BF16"):
+    with pytest.raises(UserError, match="unsupported dtype F8_E4M3"):
         list(model_io.iter_tensors(path, ["w"]))
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)

@@ -213,21 +213,35 @@ class CommandRun:
     error: Optional[str]         # why it failed: its last stderr line and exit code
 
 
+# A small launcher between this (possibly large) process and the command: the kernel counts the memory of the
+# process a command is exec'ed from in the command's peak RSS, so the command is forked from the launcher (~10 MB),
+# which waits for it alone (wait4) and writes its peak RSS (kilobytes) to the file named first.
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_command(argv: Sequence[str], stderr_path: Path) -> CommandRun:
     """Run ``argv`` from the repository root; its stderr goes to ``stderr_path``."""
+    peak_file = Path(stderr_path).with_suffix(".maxrss")
     with open(stderr_path, "w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
-        stdout = proc.stdout.read()
-        # wait4, not wait: it returns the resource usage of this child alone (RUSAGE_CHILDREN is a running max
-        # over every child ever waited for)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(peak_file), *argv], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout, _ = proc.communicate()
         seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        proc.stdout.close()
         err.seek(0)
         last = next((line.strip() for line in reversed(err.read().splitlines()) if line.strip()), "")
-    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    try:
+        peak = int(peak_file.read_text()) * 1024  # kilobytes on Linux
+    except (OSError, ValueError):
+        peak = None
     if proc.returncode != 0:
         return CommandRun(seconds, peak, None, f"exit code {proc.returncode}: {last[:300]}")
     try:

@@ -14,9 +14,9 @@ def main() -> None:
 
             app()
         except SystemExit as e:
-            if e.code == interrupts.EXIT_INTERRUPTED:
-                interrupts.leave(interrupts.EXIT_INTERRUPTED)
-            raise
+            # leave at once, the handler still installed: a signal in Python's own shutdown would otherwise kill
+            # the process without a word (and MindSpore's atexit hooks can abort it)
+            interrupts.leave(exit_code(e.code))
         except BaseException:
             if interrupts.received is None and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
                 raise
@@ -24,6 +24,16 @@ def main() -> None:
                 interrupts.exit_interrupted()
             except SystemExit:
                 interrupts.leave(interrupts.EXIT_INTERRUPTED)
+
+
+def exit_code(code) -> int:
+    """The process exit code of ``SystemExit(code)``, as Python computes it (a message is printed, code 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
 
 
 if __name__ == "__main__":

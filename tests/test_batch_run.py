@@ -30,7 +30,10 @@ from kandinsky_cli.files import read_png_metadata
 
 PRIOR = str(FIXTURE / "prior")
 DECODER = str(FIXTURE / "inpaint")
-MODELS = ["--prior-model", PRIOR, "--decoder-model", DECODER]
+# pynative: what is tested here (resume, shards, manifests, equal pixels between runs) does not depend on the
+# mode, and a tiny run is ~2.5x faster without graph compilation; a graph-mode batch: the README example
+# (test_readme.py)
+MODELS = ["--prior-model", PRIOR, "--decoder-model", DECODER, "--mode", "pynative"]
 TINY = ["--steps", "2", "--prior-steps", "2", "--height", "64", "--width", "64"]
 runner = CliRunner()
 
@@ -176,19 +179,19 @@ def test_deleting_an_output_regenerates_only_it(batch):
     assert {name: (batch.out / name).stat().st_mtime_ns for name in mtimes} == mtimes
 
 
-def test_two_shards_together_equal_the_unsharded_run(batch):
-    """--shard 0/2 then --shard 1/2 into one folder: the files and pixels of the unsharded run, one manifest.
-    (Processes appending to one manifest at the same time: the msrun test and the manifest test.)"""
+def test_a_shard_runs_its_jobs_with_the_pixels_of_the_unsharded_run(batch):
+    """--shard 1/2: jobs 1 and 3 only, the same files and pixels as the unsharded run. (Both shards together into
+    one folder, appending to one manifest: the msrun test.)"""
     out = batch.dir / "B"
-    s0 = json.loads(run("batch", batch.yaml, "--out-dir", out, "--shard", "0/2", *MODELS, "--json", code=1).stdout)
     s1 = json.loads(run("batch", batch.yaml, "--out-dir", out, "--shard", "1/2", *MODELS, "--json").stdout)
-    # the broken job (index 4) is in shard 0, hence its exit code 1
-    assert [j["index"] for j in s0["jobs"]] == [0, 2, 4] and [j["index"] for j in s1["jobs"]] == [1, 3]
-    assert s0["shard"]["rank"] == 0 and s1["shard"] == {"rank": 1, "size": 2, "source": "--shard", "device_id": None}
-    assert_same_images(out, batch.out)
+    assert [j["index"] for j in s1["jobs"]] == [1, 3]
+    assert s1["shard"] == {"rank": 1, "size": 2, "source": "--shard", "device_id": None}
+    assert pngs(out) == ["a-mask.png", "a-scarf.png"]
+    for name in pngs(out):
+        np.testing.assert_array_equal(pixels(out / name), pixels(batch.out / name), err_msg=name)
     records = read_manifest(out / "manifest.jsonl")
-    assert sorted(r["job"] for r in records if r["status"] == "done") == [0, 1, 2, 3]
-    assert {(r["job"], r["shard"]["rank"]) for r in records} == {(0, 0), (1, 1), (2, 0), (3, 1), (4, 0)}
+    assert {(r["job"], r["status"], r["shard"]["rank"], r["shard"]["size"]) for r in records} == \
+        {(1, "done", 1, 2), (3, "done", 1, 2)}
 
 
 def test_folder_mode_with_a_masks_folder(batch):

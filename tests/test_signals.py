@@ -62,9 +62,12 @@ def sweep(args, tmp_path, complete, signals):
     out.mkdir()
     outcomes = []
 
-    def run_and_signal(i, delay, whole=None):
+    def clear_outputs():
         for p in out.iterdir():
             p.unlink()
+
+    def run_and_signal(i, delay, whole=None):
+        clear_outputs()
         sig = signals[i % len(signals)]
         proc = start(args, work)
         time.sleep(delay)
@@ -74,8 +77,7 @@ def sweep(args, tmp_path, complete, signals):
 
     for i, delay in enumerate(EARLY):
         run_and_signal(i, delay)
-    for p in out.iterdir():
-        p.unlink()
+    clear_outputs()
     t0 = time.perf_counter()
     assert check_stopped(start(args, work), out, complete, "whole run") == "finished"
     whole = time.perf_counter() - t0

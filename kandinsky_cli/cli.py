@@ -319,7 +319,7 @@ def prior_command(
         emb, neg = engine.run_prior(request, progress)
     parameters = {"tool": TOOL_NAME, "version": __version__, "command": "prior", **request.parameters(),
                   "noise": "numpy.default_rng", "prior_model": engine.prior_model, "dtype": engine.dtype_name,
-                  "mode": engine.mode}
+                  "dtype_requested": engine.dtype_requested, "mode": engine.mode}
     paths = write_prior_outputs(out_dir, name, emb, neg, parameters)
     interrupts.note_written(paths.values())
     if json_out:

@@ -155,7 +155,8 @@ class Kandinsky:
     def __init__(self, prior_model: str = options.DEFAULT_PRIOR, decoder_model: str = options.DEFAULT_DECODER,
                  dtype: str = "float32", offline: bool = False, mode: str = "graph", device: Optional[str] = None,
                  device_id: Optional[int] = None):
-        self.dtype_name = options.check_value("dtype", dtype, "--dtype")
+        self.dtype_requested = options.check_value("dtype", dtype, "--dtype")
+        self._dtype_name: Optional[str] = None
         self.mode = options.check_value("mode", mode, "--mode")
         self.device = options.check_value("device", device, "--device")
         self.device_id = device_id      # the card of an msrun worker; None: $DEVICE_ID
@@ -173,16 +174,32 @@ class Kandinsky:
         return {**self.counters, "text_encoder_loads": text_loads}
 
     @property
+    def dtype_name(self) -> str:
+        """The dtype the networks run in: --dtype, with "auto" resolved for the device (see bf16.resolve_dtype)."""
+        if self._dtype_name is None:
+            from .bf16 import resolve_dtype
+
+            self._dtype_name = resolve_dtype(self.dtype_requested, self.select_device())
+        return self._dtype_name
+
+    @property
     def ms_dtype(self):
+        """The dtype of weights and activations (bfloat16 keeps both float32; its products use bf16 operators)."""
         import mindspore as ms
 
         return ms.float16 if self.dtype_name == "float16" else ms.float32
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype_name == "bfloat16"
 
     def root(self, stage: str) -> Path:
         """The local folder of a stage ("prior" or "decoder"), downloading it once if it is a hub id."""
         if stage not in self._roots:
             model = self.prior_model if stage == "prior" else self.decoder_model
-            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline, dtype=self.dtype_name)
+            # float16 reads the fp16 weight files where a repo has them; every other dtype the float32 ones
+            files = "float16" if self.dtype_requested == "float16" else "float32"
+            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline, dtype=files)
         return self._roots[stage]
 
     def select_device(self) -> str:
@@ -209,7 +226,7 @@ class Kandinsky:
             from .prior_pipeline import PriorPipeline
 
             self.select_device()
-            self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode)
+            self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode, bf16=self.bf16)
             self._prior_mode = mode
             self.counters["prior_loads"] += 1
         return self._prior
@@ -225,7 +242,7 @@ class Kandinsky:
             from .inpaint_pipeline import InpaintPipeline
 
             self.select_device()
-            self._decoder = InpaintPipeline(self.root("decoder"), self.ms_dtype, self.mode)
+            self._decoder = InpaintPipeline(self.root("decoder"), self.ms_dtype, self.mode, bf16=self.bf16)
             self.counters["decoder_loads"] += 1
         return self._decoder
 
@@ -420,7 +437,7 @@ class Kandinsky:
         return {"tool": "kandinsky", "version": __version__, "command": "inpaint", **values, **job.plan.parameters(),
                 "seed": job.seed, "noise": "numpy.default_rng", "num_images": count,
                 "prior_model": self.prior_model if req.uses_prior else None, "decoder_model": self.decoder_model,
-                "dtype": self.dtype_name, "mode": self.mode}
+                "dtype": self.dtype_name, "dtype_requested": self.dtype_requested, "mode": self.mode}
 
     def write(self, job: Prepared, outputs: List[np.ndarray], write: bool = True) -> InpaintResult:
         """Write the outputs (and the grid) with their parameters as PNG metadata."""

@@ -113,10 +113,10 @@ class InpaintPipeline:
     process with memory to spare) it is compiled like the other networks and kept.
     """
 
-    def __init__(self, root: Path, dtype=None, mode: str = "graph"):
+    def __init__(self, root: Path, dtype=None, mode: str = "graph", bf16: bool = False):
         import mindspore as ms
 
-        from .layers import compiled
+        from .layers import compiled, with_precision
         from .movq import VQModel
         from .tokenizer import load_xlmr_tokenizer
         from .unet import UNet2DConditionModel
@@ -124,6 +124,7 @@ class InpaintPipeline:
         self.root = Path(root)
         self.dtype = dtype or ms.float32
         self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
+        self.bf16 = bf16        # the networks' products in bf16 operators (weights and activations float32)
         model_io.read_model_index(self.root, INPAINT_COMPONENTS)
         self.tokenizer = load_xlmr_tokenizer(self.root / "tokenizer")
         self.text_encoder = None
@@ -132,8 +133,8 @@ class InpaintPipeline:
         self._holding = False
         self.text_encoder_loads = 0
         self._text_cache: Dict[str, tuple] = {}
-        self.unet = UNet2DConditionModel.from_pretrained(self.root / "unet", dtype)
-        self.movq = VQModel.from_pretrained(self.root / "movq", dtype)
+        self.unet = with_precision(UNet2DConditionModel.from_pretrained(self.root / "unet", dtype), bf16)
+        self.movq = with_precision(VQModel.from_pretrained(self.root / "movq", dtype), bf16)
         # the folder's (DDIM) config: every call builds its sampler from it (see schedulers.make_decoder_scheduler)
         self.scheduler_config = model_io.read_scheduler_config(self.root / "scheduler")
         self.latent_channels = self.movq.config["latent_channels"]
@@ -146,8 +147,8 @@ class InpaintPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False,
-                        mode: str = "graph"):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode)
+                        mode: str = "graph", bf16: bool = False):
+        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode, bf16)
 
     def _tensor(self, arr):
         import mindspore as ms
@@ -159,14 +160,15 @@ class InpaintPipeline:
         cached, so a text gives the same numbers whatever else it is encoded with."""
         import mindspore as ms
 
-        from .layers import compiled
+        from .layers import compiled, with_precision
 
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             if self.text_encoder is None:
                 from .mclip import MultilingualCLIP
 
-                self.text_encoder = MultilingualCLIP.from_pretrained(self.root / "text_encoder", self.dtype)
+                self.text_encoder = with_precision(
+                    MultilingualCLIP.from_pretrained(self.root / "text_encoder", self.dtype), self.bf16)
                 self._text_fn = compiled(self.text_encoder, self.mode) if self.keep_text_encoder else self.text_encoder
                 self.text_encoder_loads += 1
             for text in missing:

@@ -21,9 +21,26 @@ def _zeros(shape, dtype=ms.float32) -> Parameter:
     return Parameter(Tensor(np.zeros(shape, dtype=np.float32), dtype))
 
 
-def Linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
+class Dense(nn.Dense):
+    """``nn.Dense`` that can run in bfloat16 (:func:`to_bfloat16`): ``weight`` is then replaced by its bf16 bits
+    ``weight_bf16`` (1, out, in) and the product runs in the custom operator; the bias add stays float32."""
+
+    bf16 = False
+
+    def construct(self, x):
+        shape = x.shape
+        if self.bf16:
+            out = self.bf16_mm_nt(x.reshape(1, -1, shape[-1]), self.weight_bf16)[0]
+        else:
+            out = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out.reshape(shape[:-1] + (out.shape[-1],))
+
+
+def Linear(in_features: int, out_features: int, bias: bool = True) -> Dense:
     """``torch.nn.Linear``: ``weight`` [out, in] and optional ``bias`` [out]."""
-    return nn.Dense(in_features, out_features, weight_init="zeros", bias_init="zeros", has_bias=bias)
+    return Dense(in_features, out_features, weight_init="zeros", bias_init="zeros", has_bias=bias)
 
 
 # Winograd F(4x4, 3x3) (Lavin & Gray): 36 multiplies per 4x4 output tile instead of 144. Kronecker products
@@ -95,8 +112,13 @@ class Conv2d(nn.Conv2d):
                          pad_mode="valid" if padding == 0 else "pad", padding=padding, has_bias=bias,
                          weight_init="zeros", bias_init="zeros")
         self.winograd_ok = kernel_size == 3 and stride == 1 and padding == 1
+        self.pointwise = kernel_size == 1 and stride == 1 and padding == 0
+
+    bf16 = False   # set by to_bfloat16: ``weight`` is then gone, replaced by ``weight_bf16``
 
     def construct(self, x):
+        if self.bf16:
+            return self.construct_bf16(x)
         if WINOGRAD and self.winograd_ok and x.dtype == ms.float32 and \
                 winograd_pays(x.shape, self.in_channels, self.out_channels):
             out = winograd_conv3x3(x, self.weight)
@@ -105,6 +127,57 @@ class Conv2d(nn.Conv2d):
         if self.has_bias:
             out = self.bias_add(out, self.bias)
         return out
+
+    def construct_bf16(self, x):
+        n, _, h, w = x.shape
+        if self.pointwise:        # (1, Cout, Cin) @ (N, Cin, H*W)
+            out = self.bf16_mm_nn(self.weight_bf16, x.reshape(n, self.in_channels, h * w))
+            out = out.reshape(n, self.out_channels, h, w)
+            return self.bias_add(out, self.bias) if self.has_bias else out
+        return self.bf16_winograd3x3(x, self.weight_bf16, self.bias)
+
+
+BF16_MIN_CHANNELS = 32
+
+
+def to_bfloat16(net: nn.Cell, min_channels: int = BF16_MIN_CHANNELS) -> nn.Cell:
+    """Switch ``net``'s heavy products to bfloat16, in place, on a loaded float32 network; returns ``net``.
+
+    Every :class:`Dense` and every :class:`Conv2d` that is 1x1 or 3x3 (stride 1, padding 1), with at least
+    ``min_channels`` input and output channels, keeps its weights as bf16 bits (3x3: Winograd-transformed, 16/9
+    the values at half the bytes) and drops the float32 copy; the products run in the operators of :mod:`.bf16`. Everything else (norms, softmax, elementwise,
+    strided convolutions, biases) stays float32. Call it before the network is first compiled.
+    """
+    from . import bf16
+
+    kernels = bf16.ops()
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, Dense) and not cell.bf16:
+            bits = bf16.to_bits(cell.weight.asnumpy())[None]
+            cell.bf16_mm_nt = kernels.mm_nt
+        elif isinstance(cell, Conv2d) and not cell.bf16 and (cell.pointwise or cell.winograd_ok) and \
+                min(cell.in_channels, cell.out_channels) >= min_channels:
+            weight = cell.weight.asnumpy()
+            if cell.pointwise:
+                bits = bf16.to_bits(weight.reshape(cell.out_channels, cell.in_channels))[None]
+                cell.bf16_mm_nn = kernels.mm_nn
+            else:
+                bits = bf16.winograd_weights(weight)
+                cell.bf16_winograd3x3 = kernels.winograd3x3
+                if not cell.has_bias:   # the operator adds a bias
+                    cell.bias = Parameter(Tensor(np.zeros(cell.out_channels, np.float32)), name="bias")
+        else:
+            continue
+        name = cell.weight.name
+        del cell.weight
+        cell.weight_bf16 = Parameter(Tensor(bits), name=name + "_bf16", requires_grad=False)
+        cell.bf16 = True
+    return net
+
+
+def with_precision(net: nn.Cell, bf16: bool) -> nn.Cell:
+    """``net`` as loaded (float32/float16), or switched to the bf16 operators (:func:`to_bfloat16`)."""
+    return to_bfloat16(net) if bf16 else net
 
 
 class LayerNorm(nn.Cell):

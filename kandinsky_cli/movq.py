@@ -289,7 +289,7 @@ class VQModel(nn.Cell):
 
     @property
     def dtype(self):
-        return self.encoder.conv_in.weight.dtype
+        return self.encoder.conv_in.bias.dtype    # the compute dtype (a bf16 network keeps float32 biases)
 
     def _as_tensor(self, x) -> Tensor:
         if not isinstance(x, Tensor):

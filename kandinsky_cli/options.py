@@ -265,7 +265,7 @@ def _scopes(*names: str) -> FrozenSet[str]:
     return frozenset(names)
 
 
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "bfloat16", "auto")
 REGIONS = ("full", "mask")
 EXTEND_FILLS = ("edge", "blur", "mean", "noise")
 MODES = ("graph", "pynative")
@@ -364,8 +364,10 @@ OPTIONS: Tuple[Option, ...] = (
            _scopes(ENGINE), str, "ID_OR_DIR"),
     Option("decoder_model", path(), DEFAULT_DECODER, "Inpaint decoder pipeline: a local diffusers folder or a hub id.",
            _scopes(ENGINE), str, "ID_OR_DIR"),
-    Option("dtype", choice(DTYPES), "float32", "Weights and compute precision (float32 is the CPU default).",
-           _scopes(ENGINE), str, "|".join(DTYPES)),
+    Option("dtype", choice(DTYPES), "float32",
+           "Compute precision. float32: the parity reference; float16: for GPU/Ascend; bfloat16: CPUs with bf16 "
+           "instructions (AVX512_BF16/AMX): the large products in bf16 with float32 sums, the rest float32; "
+           "auto: bfloat16 where the CPU has it, else float32.", _scopes(ENGINE), str, "|".join(DTYPES)),
     Option("mode", choice(MODES), "graph",
            "graph: networks compiled once per shape (fast); pynative: eager execution, for debugging.",
            _scopes(ENGINE), str, "|".join(MODES)),

@@ -41,29 +41,30 @@ def tokenizer_outputs(fixture: Path) -> Arrays:
     return out
 
 
-def prior_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph") -> Arrays:
+def prior_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph", bf16: bool = False) -> Arrays:
+    """The prior's networks on the golden inputs (``bf16``: with the bf16 operators, layers.to_bfloat16)."""
     import mindspore as ms
 
-    from .layers import compiled
+    from .layers import compiled, with_precision
     from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
     from .prior import PriorTransformer
 
     root = Path(fixture) / "prior"
     out = {}
-    text = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder")
+    text = with_precision(CLIPTextModelWithProjection.from_pretrained(root / "text_encoder"), bf16)
     ids = inputs["clip_text/input_ids"]
     embeds, hidden = compiled(text, mode)(ms.Tensor(ids.astype(np.int32)))
     out.update({"clip_text/input_ids": ids, "clip_text/text_embeds": embeds.asnumpy(),
                 "clip_text/last_hidden_state": hidden.asnumpy()})
 
-    vision = CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder")
+    vision = with_precision(CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder"), bf16)
     pixels = inputs["clip_vision/pixel_values"]
     out["clip_vision/pixel_values"] = pixels
     vision_fn = compiled(vision, mode)
     out["clip_vision/image_embeds"] = vision_fn(ms.Tensor(pixels)).asnumpy()
     out["clip_vision/zero_image_embeds"] = vision_fn(ms.Tensor(np.zeros_like(pixels))).asnumpy()
 
-    prior = PriorTransformer.from_pretrained(root / "prior")
+    prior = with_precision(PriorTransformer.from_pretrained(root / "prior"), bf16)
     args = [ms.Tensor(inputs[f"prior/{k}"]) for k in ("hidden_states", "proj_embedding", "encoder_hidden_states")]
     mask = ms.Tensor(inputs["prior/attention_mask"])
     prior_fn = compiled(prior, mode)
@@ -76,23 +77,24 @@ def prior_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph") 
     return out
 
 
-def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph") -> Arrays:
+def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph", bf16: bool = False) -> Arrays:
+    """The decoder's networks on the golden inputs (``bf16``: with the bf16 operators)."""
     import mindspore as ms
 
-    from .layers import compiled
+    from .layers import compiled, with_precision
     from .mclip import MultilingualCLIP
     from .movq import VQModel
     from .unet import UNet2DConditionModel
 
     root = Path(fixture) / "inpaint"
     out = {}
-    mclip = MultilingualCLIP.from_pretrained(root / "text_encoder")
+    mclip = with_precision(MultilingualCLIP.from_pretrained(root / "text_encoder"), bf16)
     ids, mask = inputs["mclip/input_ids"], inputs["mclip/attention_mask"]
     embeds, hidden = compiled(mclip, mode)(ms.Tensor(ids.astype(np.int32)), ms.Tensor(mask.astype(np.int32)))
     out.update({"mclip/input_ids": ids, "mclip/attention_mask": mask, "mclip/text_embeds": embeds.asnumpy(),
                 "mclip/last_hidden_state": hidden.asnumpy()})
 
-    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    unet = with_precision(UNet2DConditionModel.from_pretrained(root / "unet"), bf16)
     u = {k: ms.Tensor(inputs[f"unet/{k}"]) for k in ("sample", "encoder_hidden_states", "text_embeds", "image_embeds")}
     unet_fn = compiled(unet, mode)
     for t in inputs["unet/timesteps"]:
@@ -102,7 +104,7 @@ def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph"
     for k in ("sample", "encoder_hidden_states", "text_embeds", "image_embeds", "timesteps"):
         out[f"unet/{k}"] = inputs[f"unet/{k}"]
 
-    movq = VQModel.from_pretrained(root / "movq")
+    movq = with_precision(VQModel.from_pretrained(root / "movq"), bf16)
     encode, decode = compiled(movq.encode_latents, mode), compiled(movq.decode_latents, mode)
     latents = encode(ms.Tensor(inputs["movq/image"]))
     out["movq/image"] = inputs["movq/image"]

@@ -163,7 +163,7 @@ class PriorTransformer(nn.Cell):
 
     def construct(self, hidden_states, timestep_embedding_input, proj_embedding, encoder_hidden_states,
                   attention_mask=None):
-        dtype = self.proj_in.weight.dtype
+        dtype = self.positional_embedding.dtype    # the compute dtype (bf16 networks drop Dense weights)
         b = hidden_states.shape[0]
         temb = self.time_embedding(timestep_embedding_input.astype(dtype))  # (B, inner)
         proj = self.embedding_proj(proj_embedding.astype(dtype))  # (B, inner)

@@ -49,10 +49,10 @@ def clip_preprocess(image, config: dict) -> np.ndarray:
 class PriorPipeline:
     """CLIP text/vision encoders + PriorTransformer + UnCLIP scheduler, loaded once from a pipeline folder."""
 
-    def __init__(self, root: Path, dtype=None, mode: str = "graph"):
+    def __init__(self, root: Path, dtype=None, mode: str = "graph", bf16: bool = False):
         import mindspore as ms
 
-        from .layers import compiled
+        from .layers import compiled, with_precision
         from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
         from .prior import PriorTransformer
         from .schedulers import UnCLIPScheduler
@@ -63,9 +63,11 @@ class PriorPipeline:
         self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
         model_io.read_model_index(self.root, PRIOR_COMPONENTS)
         self.tokenizer = load_clip_tokenizer(self.root / "tokenizer")
-        self.text_encoder = CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype)
-        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(self.root / "image_encoder", dtype)
-        self.prior = PriorTransformer.from_pretrained(self.root / "prior", dtype)
+        self.text_encoder = with_precision(
+            CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype), bf16)
+        self.image_encoder = with_precision(
+            CLIPVisionModelWithProjection.from_pretrained(self.root / "image_encoder", dtype), bf16)
+        self.prior = with_precision(PriorTransformer.from_pretrained(self.root / "prior", dtype), bf16)
         self.scheduler = model_io.build_scheduler(UnCLIPScheduler, self.root / "scheduler")
         processor = self.root / "image_processor"
         self.image_processor_config = (model_io.read_config(processor, "preprocessor_config.json")
@@ -80,8 +82,8 @@ class PriorPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str = model_io.DEFAULT_PRIOR, dtype=None, offline: bool = False,
-                        mode: str = "graph"):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode)
+                        mode: str = "graph", bf16: bool = False):
+        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode, bf16)
 
     # -- pieces -------------------------------------------------------------------------------------------
     def _tensor(self, arr):

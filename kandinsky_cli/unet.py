@@ -510,7 +510,7 @@ class UNet2DConditionModel(nn.Cell):
 
     @property
     def dtype(self):
-        return self.conv_in.weight.dtype
+        return self.conv_in.bias.dtype    # the compute dtype (a bf16 network keeps float32 biases)
 
     def time_proj(self, timesteps) -> Tensor:
         """The sinusoidal embedding (B, block_out_channels[0]) of ``timesteps`` (scalar or (B,)), fp32 -> dtype."""

@@ -57,7 +57,7 @@ from diffusers_inpaint import SCHEDULERS  # noqa: E402
 
 DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "kandinsky21-tiny"
 DEFAULT_CONFIGS = REPO / "configs" / "kandinsky-2-1"
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "bfloat16")
 
 # --------------------------------------------------------------------------------------------------------------
 # the workload table
@@ -411,7 +411,9 @@ def parse_args(argv=None):
     ap.add_argument("--workload", action="append", metavar="NAME",
                     help="run only this workload (repeatable); default: every default workload")
     ap.add_argument("--dtype", action="append", choices=DTYPES + ("both",),
-                    help="float32, float16 or both (repeatable; default both)")
+                    help="float32, float16, bfloat16, or both (= float32 and float16; repeatable; default both). "
+                         "bfloat16: MindSpore with the bf16 operators (--dtype bfloat16 of the tool), torch with "
+                         "the models in torch.bfloat16")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per row (default 3)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="untimed calls before timing (default 1; compiles; not for the tool-* rows)")
@@ -448,7 +450,7 @@ def parse_args(argv=None):
     if args.pipeline_dir is not None:  # the tool runs from the repository root
         args.pipeline_dir = args.pipeline_dir.resolve()
     dtypes = args.dtype or ["both"]
-    args.dtypes = [d for d in DTYPES if d in dtypes or "both" in dtypes]
+    args.dtypes = [d for d in DTYPES if d in dtypes or ("both" in dtypes and d != "bfloat16")]
     args.workloads = list(dict.fromkeys(args.workload or DEFAULT_WORKLOADS))
     return args
 

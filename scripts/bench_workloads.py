@@ -7,6 +7,7 @@ built (a dict), ``p`` holds the parameters read from the workload's name (``p.si
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -104,6 +105,9 @@ def _timed_rows(workloads, impl: str, how: str, dtype: str, build_error: Optiona
             row = measure(wl.name, impl, dtype, make_run(wl), args.warmup, args.repeats, extra)
             log(f"  median {row.median:.3f} s, peak RSS {(row.peak_rss or 0) / GB:.2f} GB")
         except Exception as exc:
+            if os.environ.get("KANDINSKY_BENCH_TRACEBACK"):
+                import traceback
+                traceback.print_exc()
             row = Row(wl.name, impl, dtype, skipped=short_error(exc), extra=extra)
             log(f"  skipped: {row.skipped}")
         free_memory()
@@ -210,7 +214,17 @@ def ms_dtype(dtype: str):
 def torch_dtype(dtype: str):
     import torch
 
-    return torch.float16 if dtype == "float16" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype, torch.float32)
+
+
+def ms_precision(cell, dtype: str):
+    """A loaded float32 MindSpore network switched to the bf16 operators for dtype "bfloat16" (what the tool's
+    --dtype bfloat16 does); as is otherwise."""
+    if dtype == "bfloat16":
+        from kandinsky_cli.layers import to_bfloat16
+
+        to_bfloat16(cell)
+    return cell
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -344,7 +358,7 @@ def component_group(key: str, torch_build, ms_build) -> ModelGroup:
             copy_torch_weights(cell, tmodels[key], dtype)
         else:
             fill_random(cell, dtype)
-        return {key: cell}
+        return {key: ms_precision(cell, dtype)}
 
     return ModelGroup(key, torch_models, ms_models)
 
@@ -456,7 +470,7 @@ def unet_ms(ctx, models, dtype, p):
 
     cell = models["unet"]
     fn = compiled(cell, ctx.mode)
-    sample, hidden, text, image = (_ms_tensor(a, dtype) for a in _unet_inputs(cell.config, p.lat))
+    sample, hidden, text, image = (_ms_tensor(a, dtype) for a in _unet_inputs(ctx.config("unet.json"), p.lat))
 
     def run():  # as InpaintPipeline's denoising loop: host timestep embedding, compiled UNet, to numpy
         return fn(sample, cell.time_proj(np.full(CFG_BATCH, STEP_T)), hidden, text, image).asnumpy()

@@ -20,11 +20,13 @@
 #include <cstring>
 #include <cstdlib>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <tuple>
@@ -166,19 +168,37 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)> &fn) {
   for (auto &w : workers) w.join();
 }
 
+// Work buffers kept between calls and only ever grown, uninitialised: a fresh allocation per call would pay
+// for its page faults every time (measured: ~1/3 of the Winograd time in a UNet step at 768x768). Each entry
+// point holds its own buffers under its own lock (MindSpore may run two kernels at once).
+template <typename T>
+struct Scratch {
+  std::unique_ptr<T[]> data;
+  size_t size = 0;
+  T *get(size_t n) {
+    if (n > size) {
+      data.reset(new T[n]);
+      size = n;
+    }
+    return data.get();
+  }
+};
+
 // bf16 bits of `count` values at `data` (float32 or uint16): a pointer into `data` or into `scratch`.
-const uint16_t *as_bf16(void *data, const char *dtype, int64_t count, std::vector<uint16_t> &scratch) {
-  if (std::strcmp(dtype, "float32") != 0) return static_cast<const uint16_t *>(data);
-  scratch.resize(count);
+const uint16_t *as_bf16(void *data, const char *dtype, int64_t count, Scratch<uint16_t> &scratch) {
+  if (std::strcmp(dtype, "float32") != 0) return static_cast<const uint16_t *>(data);  // uint16 (or 16-bit views) = bf16 bits
   const float *src = static_cast<const float *>(data);
-  uint16_t *dst = scratch.data();
+  uint16_t *dst = scratch.get(count);
   parallel_for(count, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) dst[i] = to_bf16(src[i]);
   });
   return dst;
 }
 
-bool is_operand(const char *dtype) { return !std::strcmp(dtype, "float32") || !std::strcmp(dtype, "uint16"); }
+bool is_operand(const char *dtype) {
+  return !std::strcmp(dtype, "float32") || !std::strcmp(dtype, "uint16") || !std::strcmp(dtype, "int16") ||
+         !std::strcmp(dtype, "float16");
+}
 
 int matmul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool trans_b) {
   if (nparam != 3 || ndims[0] != 3 || ndims[1] != 3 || ndims[2] != 3) return 1;
@@ -195,7 +215,9 @@ int matmul(int nparam, void **params, int *ndims, int64_t **shapes, const char *
     std::memset(c, 0, sizeof(float) * batch * m * n);
     return 0;
   }
-  static thread_local std::vector<uint16_t> scratch_a, scratch_b;
+  static std::mutex lock;
+  static Scratch<uint16_t> scratch_a, scratch_b;
+  std::lock_guard<std::mutex> guard(lock);
   const uint16_t *a = as_bf16(params[0], dtypes[0], ba * m * k, scratch_a);
   const uint16_t *b = as_bf16(params[1], dtypes[1], bb * k * n, scratch_b);
   const int64_t ldb = trans_b ? k : n;
@@ -221,11 +243,7 @@ struct Profile {
   const char *name;
   std::atomic<int64_t> calls{0}, nanos{0};
   explicit Profile(const char *n) : name(n) {}
-  ~Profile() {
-    if (calls && std::getenv("KANDINSKY_BF16_PROFILE"))
-      std::fprintf(stderr, "bf16 profile: %s %lld calls %.3f s\n", name, static_cast<long long>(calls.load()),
-                   nanos.load() * 1e-9);
-  }
+  ~Profile();
 };
 
 struct Timed {
@@ -254,13 +272,14 @@ AVX512 void store_bf16(const float *src, uint16_t *dst, int64_t n) {
   for (; i < n; ++i) dst[i] = to_bf16(src[i]);
 }
 
-// V rows of one (sample, channel) plane: for tile row ty, V[xi][c][col + tx] = (B^T d B)[xi] of the 4x4 input
-// tile at (2 ty - 1, 2 tx - 1), zero outside the image. B^T rows: (1 0 -1 0) (0 1 1 0) (0 -1 1 0) (0 1 0 -1).
-AVX512 void winograd_input(const float *plane, int64_t h, int64_t w, int64_t th, int64_t tw, uint16_t *v,
-                           int64_t xi_stride, int64_t col) {
+// V rows of one (sample, channel) plane, tile rows [ty0, ty1): V[xi][(ty - ty0) tw + tx] = (B^T d B)[xi] of the
+// 4x4 input tile at (2 ty - 1, 2 tx - 1), zero outside the image; V[xi] starts xi * xi_stride after v.
+// B^T rows: (1 0 -1 0) (0 1 1 0) (0 -1 1 0) (0 1 0 -1).
+AVX512 void winograd_input(const float *plane, int64_t h, int64_t w, int64_t ty0, int64_t ty1, int64_t tw,
+                           uint16_t *v, int64_t xi_stride) {
   const int64_t len = 2 * tw + 2;        // a padded row: index 0 is x = -1
   std::vector<float> rows(4 * len), t(4 * len), out(tw);
-  for (int64_t ty = 0; ty < th; ++ty) {
+  for (int64_t ty = ty0; ty < ty1; ++ty) {
     for (int i = 0; i < 4; ++i) {
       float *r = rows.data() + i * len;
       const int64_t yy = 2 * ty - 1 + i;
@@ -277,7 +296,7 @@ AVX512 void winograd_input(const float *plane, int64_t h, int64_t w, int64_t th,
     }
     for (int i = 0; i < 4; ++i) {
       const float *ti = t.data() + i * len;
-      uint16_t *dst = v + (4 * i) * xi_stride + col + ty * tw;
+      uint16_t *dst = v + (4 * i) * xi_stride + (ty - ty0) * tw;
       for (int64_t q = 0; q < tw; ++q) out[q] = ti[2 * q] - ti[2 * q + 2];
       store_bf16(out.data(), dst, tw);
       for (int64_t q = 0; q < tw; ++q) out[q] = ti[2 * q + 1] + ti[2 * q + 2];
@@ -290,13 +309,13 @@ AVX512 void winograd_input(const float *plane, int64_t h, int64_t w, int64_t th,
   }
 }
 
-// One (sample, output channel) plane from M[xi][o][col + ...]: y = A^T M A + bias, A^T rows (1 1 1 0) (0 1 -1 -1),
-// clipped at the image's edge.
-AVX512 void winograd_output(const float *m, int64_t xi_stride, int64_t col, float bias, float *plane, int64_t h,
-                            int64_t w, int64_t th, int64_t tw) {
+// Tile rows [ty0, ty1) of one (sample, output channel) plane from M[xi][(ty - ty0) tw + tx] (M[xi] at
+// m + xi * xi_stride): y = A^T M A + bias, A^T rows (1 1 1 0) (0 1 -1 -1), clipped at the image's edge.
+AVX512 void winograd_output(const float *m, int64_t xi_stride, float bias, float *plane, int64_t h, int64_t w,
+                            int64_t ty0, int64_t ty1, int64_t tw) {
   std::vector<float> t(8 * tw), y0(2 * tw), y1(2 * tw);
-  for (int64_t ty = 0; ty < th; ++ty) {
-    const float *row = m + col + ty * tw;
+  for (int64_t ty = ty0; ty < ty1; ++ty) {
+    const float *row = m + (ty - ty0) * tw;
     for (int j = 0; j < 4; ++j) {   // t0j = m0j + m1j + m2j, t1j = m1j - m2j - m3j  (m_ij = M[4 i + j])
       const float *a0 = row + j * xi_stride, *a1 = a0 + 4 * xi_stride, *a2 = a1 + 4 * xi_stride,
                   *a3 = a2 + 4 * xi_stride;
@@ -319,48 +338,85 @@ AVX512 void winograd_output(const float *m, int64_t xi_stride, int64_t col, floa
   }
 }
 
+// Seconds in each Winograd phase (input transform, products, output transform), for KANDINSKY_BF16_PROFILE.
+std::atomic<int64_t> winograd_phase_nanos[3];
+
+int64_t nanos_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Winograd F(2x2, 3x3) with U (16, co, ci) bf16 bits: V = B^T d B per 4x4 input tile (stride 2), 16 products
-// M = U V, y = A^T M A + bias.
+// M = U V, y = A^T M A + bias. The tiles are taken in chunks of whole tile rows (rows of every sample in turn),
+// about kChunkTiles at a time: the work buffers stay ~16 kChunkTiles (2 C + 4 Co) bytes however large the image
+// (a MoVQ decode at 768x768 has 147k tiles per channel), while the deep, small maps of a UNet still run as one
+// product per position with every sample in it (there the weights, read once per chunk, set the time).
+constexpr int64_t kChunkTiles = 8192;
+
 bool winograd(const float *x, const uint16_t *u, const float *bias, float *y, int64_t nb, int64_t ci, int64_t co,
               int64_t h, int64_t w) {
-  const int64_t th = (h + 1) / 2, tw = (w + 1) / 2, tiles = th * tw, p = nb * tiles;
-  if (p == 0 || co == 0) return true;
-  static thread_local std::vector<uint16_t> vbuf;
-  static thread_local std::vector<float> mbuf;
-  vbuf.resize(16 * ci * p);
-  mbuf.resize(16 * co * p);
-  uint16_t *v = vbuf.data();
-  float *mm = mbuf.data();
-
-  parallel_for(nb * ci, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / ci, c = nc % ci;
-      winograd_input(x + nc * h * w, h, w, th, tw, v + c * p, ci * p, n * tiles);
-    }
-  });
-
-  // M[xi] (Co, P) = U[xi] (Co, C) @ V[xi] (C, P): 16 products, split with their Co rows over the threads.
+  const int64_t th = (h + 1) / 2, tw = (w + 1) / 2, rows_total = nb * th;
+  if (rows_total == 0 || tw == 0 || co == 0) return true;
+  const int64_t chunk_rows = std::min(rows_total, std::max<int64_t>(1, kChunkTiles / tw));
+  static std::mutex lock;
+  static Scratch<uint16_t> vbuf;
+  static Scratch<float> mbuf;
+  std::lock_guard<std::mutex> guard(lock);
+  uint16_t *v = vbuf.get(16 * ci * chunk_rows * tw);
+  float *mm = mbuf.get(16 * co * chunk_rows * tw);
   const int64_t threads = thread_count();
   const int64_t blocks = std::min<int64_t>(co, std::max<int64_t>(1, (threads + 15) / 16));
-  const int64_t rows = (co + blocks - 1) / blocks;
-  std::atomic<bool> ok{true};
-  parallel_for(16 * blocks, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t xi = item / blocks, r0 = (item % blocks) * rows, r1 = std::min(co, r0 + rows);
-      if (r0 < r1 && !gemm(r1 - r0, p, ci, u + (xi * co + r0) * ci, ci, v + xi * ci * p, p, false,
-                           mm + (xi * co + r0) * p, p))
-        ok = false;
-    }
-  });
-  if (!ok) return false;
+  const int64_t block_rows = (co + blocks - 1) / blocks;
 
-  parallel_for(nb * co, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / co, o = nc % co;
-      winograd_output(mm + o * p, co * p, n * tiles, bias[o], y + nc * h * w, h, w, th, tw);
+  for (int64_t r0 = 0; r0 < rows_total; r0 += chunk_rows) {
+    const int64_t r1 = std::min(rows_total, r0 + chunk_rows), p = (r1 - r0) * tw;
+    // the chunk's tile rows as (sample, first row, end row, first column of V/M)
+    std::vector<std::array<int64_t, 4>> segments;
+    for (int64_t r = r0; r < r1;) {
+      const int64_t n = r / th, ty0 = r % th, ty1 = std::min(th, ty0 + (r1 - r));
+      segments.push_back({n, ty0, ty1, (r - r0) * tw});
+      r += ty1 - ty0;
     }
-  });
+    auto t0 = std::chrono::steady_clock::now();
+    parallel_for(ci, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c)
+        for (const auto &s : segments)
+          winograd_input(x + (s[0] * ci + c) * h * w, h, w, s[1], s[2], tw, v + c * p + s[3], ci * p);
+    });
+    winograd_phase_nanos[0] += nanos_since(t0);
+
+    // M[xi] (Co, P) = U[xi] (Co, C) @ V[xi] (C, P): 16 products, split with their Co rows over the threads.
+    t0 = std::chrono::steady_clock::now();
+    std::atomic<bool> ok{true};
+    parallel_for(16 * blocks, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t xi = item / blocks, o0 = (item % blocks) * block_rows, o1 = std::min(co, o0 + block_rows);
+        if (o0 < o1 && !gemm(o1 - o0, p, ci, u + (xi * co + o0) * ci, ci, v + xi * ci * p, p, false,
+                             mm + (xi * co + o0) * p, p))
+          ok = false;
+      }
+    });
+    if (!ok) return false;
+    winograd_phase_nanos[1] += nanos_since(t0);
+
+    t0 = std::chrono::steady_clock::now();
+    parallel_for(co, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o)
+        for (const auto &s : segments)
+          winograd_output(mm + o * p + s[3], co * p, bias[o], y + (s[0] * co + o) * h * w, h, w, s[1], s[2], tw);
+    });
+    winograd_phase_nanos[2] += nanos_since(t0);
+  }
   return true;
+}
+
+Profile::~Profile() {
+  if (!calls || !std::getenv("KANDINSKY_BF16_PROFILE")) return;
+  std::fprintf(stderr, "bf16 profile: %s %lld calls %.3f s", name, static_cast<long long>(calls.load()),
+               nanos.load() * 1e-9);
+  if (!std::strcmp(name, "bf16_winograd3x3"))
+    std::fprintf(stderr, " (input transform %.3f s, products %.3f s, output transform %.3f s)",
+                 winograd_phase_nanos[0] * 1e-9, winograd_phase_nanos[1] * 1e-9, winograd_phase_nanos[2] * 1e-9);
+  std::fprintf(stderr, "\n");
 }
 
 Profile profile_nn("bf16_mm_nn"), profile_nt("bf16_mm_nt"), profile_winograd("bf16_winograd3x3");
@@ -395,4 +451,41 @@ extern "C" EXPORT int bf16_winograd3x3(int nparam, void **params, int *ndims, in
                   static_cast<const float *>(params[2]), static_cast<float *>(params[3]), nb, ci, co, h, w)
              ? 0
              : 1;
+}
+
+// -- host-side weight conversion (called through ctypes by bf16.py, not by MindSpore) -------------------------
+
+// dst[i] = bf16(src[i]), rounding to nearest even.
+extern "C" EXPORT void bf16_round(const float *src, uint16_t *dst, int64_t n) {
+  parallel_for((n + 65535) / 65536, [&](int64_t begin, int64_t end) {
+    const int64_t b = begin * 65536, e = std::min(n, end * 65536);
+    store_bf16(src + b, dst + b, e - b);
+  });
+}
+
+// U (16, co, ci) = G g G^T of float32 weights g (co, ci, 3, 3), rounded to bf16; G rows (1 0 0) (1/2 1/2 1/2)
+// (1/2 -1/2 1/2) (0 0 1).
+extern "C" EXPORT void bf16_winograd_weights(const float *g, uint16_t *u, int64_t co, int64_t ci) {
+  parallel_for(co, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(16 * ci);
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t c = 0; c < ci; ++c) {
+        const float *k = g + (o * ci + c) * 9;
+        float gk[4][3];
+        for (int j = 0; j < 3; ++j) {
+          gk[0][j] = k[j];
+          gk[1][j] = 0.5f * (k[j] + k[3 + j] + k[6 + j]);
+          gk[2][j] = 0.5f * (k[j] - k[3 + j] + k[6 + j]);
+          gk[3][j] = k[6 + j];
+        }
+        for (int i = 0; i < 4; ++i) {
+          row[(4 * i + 0) * ci + c] = gk[i][0];
+          row[(4 * i + 1) * ci + c] = 0.5f * (gk[i][0] + gk[i][1] + gk[i][2]);
+          row[(4 * i + 2) * ci + c] = 0.5f * (gk[i][0] - gk[i][1] + gk[i][2]);
+          row[(4 * i + 3) * ci + c] = gk[i][2];
+        }
+      }
+      for (int xi = 0; xi < 16; ++xi) store_bf16(row.data() + xi * ci, u + (xi * co + o) * ci, ci);
+    }
+  });
 }

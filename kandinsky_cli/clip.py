@@ -75,7 +75,7 @@ def vision_config(config) -> dict:
     return out
 
 
-class CLIPAttention(nn.Cell):
+class CLIPAttention(layers.AttentionCell):
     """Multi-head self-attention with ``q_proj``/``k_proj``/``v_proj``/``out_proj`` (all with bias)."""
 
     def __init__(self, hidden: int, heads: int):
@@ -87,7 +87,7 @@ class CLIPAttention(nn.Cell):
         self.out_proj = Linear(hidden, hidden)
 
     def construct(self, x, mask=None):
-        out = layers.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, mask)
+        out = layers.attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, mask, self.bf16)
         return self.out_proj(out)
 
 

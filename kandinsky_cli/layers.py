@@ -30,7 +30,8 @@ class Dense(nn.Dense):
     def construct(self, x):
         shape = x.shape
         if self.bf16:
-            out = self.bf16_mm_nt(x.reshape(1, -1, shape[-1]), self.weight_bf16)[0]
+            # reshape, not [0]: indexing the operator's output costs more than the product in a compiled graph
+            out = self.bf16_mm_nt(x.reshape(1, -1, shape[-1]), self.weight_bf16).reshape(-1, self.out_channels)
         else:
             out = self.matmul(x.reshape(-1, shape[-1]), self.weight)
         if self.has_bias:
@@ -146,20 +147,26 @@ def to_bfloat16(net: nn.Cell, min_channels: int = BF16_MIN_CHANNELS) -> nn.Cell:
     Every :class:`Dense` and every :class:`Conv2d` that is 1x1 or 3x3 (stride 1, padding 1), with at least
     ``min_channels`` input and output channels, keeps its weights as bf16 bits (3x3: Winograd-transformed, 16/9
     the values at half the bytes) and drops the float32 copy; the products run in the operators of :mod:`.bf16`. Everything else (norms, softmax, elementwise,
-    strided convolutions, biases) stays float32. Call it before the network is first compiled.
+    strided convolutions, biases) stays float32; the attention products (QK^T, PV) run in bf16 too. Call it
+    before the network is first compiled.
     """
     from . import bf16
 
+    global _bf16_mm_nn, _bf16_mm_nt
     kernels = bf16.ops()
+    _bf16_mm_nn, _bf16_mm_nt = kernels.mm_nn, kernels.mm_nt
     for _, cell in net.cells_and_names():
+        if isinstance(cell, AttentionCell):
+            cell.bf16 = True
+            continue
         if isinstance(cell, Dense) and not cell.bf16:
-            bits = bf16.to_bits(cell.weight.asnumpy())[None]
+            bits = bf16.round_weights(cell.weight.asnumpy())[None]
             cell.bf16_mm_nt = kernels.mm_nt
         elif isinstance(cell, Conv2d) and not cell.bf16 and (cell.pointwise or cell.winograd_ok) and \
                 min(cell.in_channels, cell.out_channels) >= min_channels:
             weight = cell.weight.asnumpy()
             if cell.pointwise:
-                bits = bf16.to_bits(weight.reshape(cell.out_channels, cell.in_channels))[None]
+                bits = bf16.round_weights(weight.reshape(cell.out_channels, cell.in_channels))[None]
                 cell.bf16_mm_nn = kernels.mm_nn
             else:
                 bits = bf16.winograd_weights(weight)
@@ -170,7 +177,7 @@ def to_bfloat16(net: nn.Cell, min_channels: int = BF16_MIN_CHANNELS) -> nn.Cell:
             continue
         name = cell.weight.name
         del cell.weight
-        cell.weight_bf16 = Parameter(Tensor(bits), name=name + "_bf16", requires_grad=False)
+        cell.weight_bf16 = Parameter(Tensor.from_numpy(bits), name=name + "_bf16", requires_grad=False)
         cell.bf16 = True
     return net
 
@@ -274,13 +281,17 @@ def activation(name: str):
 
 
 _matmul_nt = ops.BatchMatMul(transpose_b=True)
+# The bf16 operators for attention products, set by to_bfloat16 (module globals: a compiled graph reads them
+# when it is traced, and they are set before any bf16 network is first called).
+_bf16_mm_nn = _bf16_mm_nt = None
 
 
-def attention(q, k, v, heads: int, mask=None):
+def attention(q, k, v, heads: int, mask=None, bf16: bool = False):
     """Multi-head scaled dot-product attention on (B, L, C) tensors.
 
     ``mask`` is additive and broadcasts against (B, heads, Lq, Lk). The softmax runs in float32
-    (diffusers' ``upcast_softmax``), the matmuls in the input dtype.
+    (diffusers' ``upcast_softmax``), the matmuls in the input dtype, or with ``bf16`` in the bf16 operators
+    (float32 in and out).
     """
     b, lq, c = q.shape
     lk = k.shape[1]
@@ -288,14 +299,26 @@ def attention(q, k, v, heads: int, mask=None):
     q = (q * (d ** -0.5)).reshape(b, lq, heads, d).transpose(0, 2, 1, 3)
     k = k.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
     v = v.reshape(b, lk, heads, d).transpose(0, 2, 1, 3)
-    scores = _matmul_nt(q, k)
+    if bf16:
+        scores = _bf16_mm_nt(q.reshape(b * heads, lq, d), k.reshape(b * heads, lk, d)).reshape(b, heads, lq, lk)
+    else:
+        scores = _matmul_nt(q, k)
     if mask is not None:
         scores = scores + mask.astype(scores.dtype)
     if scores.dtype != ms.float32:
         scores = scores.astype(ms.float32)
     probs = ops.softmax(scores, axis=-1).astype(v.dtype)
-    out = ops.matmul(probs, v)
+    if bf16:
+        out = _bf16_mm_nn(probs.reshape(b * heads, lq, lk), v.reshape(b * heads, lk, d)).reshape(b, heads, lq, d)
+    else:
+        out = ops.matmul(probs, v)
     return out.transpose(0, 2, 1, 3).reshape(b, lq, c)
+
+
+class AttentionCell(nn.Cell):
+    """Base of the cells that call :func:`attention`: ``self.bf16`` (set by to_bfloat16) selects its products."""
+
+    bf16 = False
 
 
 def timestep_embedding(timesteps: np.ndarray, dim: int, flip_sin_to_cos: bool = True,

@@ -20,7 +20,7 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn, ops
 
-from .layers import ACTIVATIONS, Embedding, LayerNorm, Linear, activation, attention
+from .layers import ACTIVATIONS, AttentionCell, Embedding, LayerNorm, Linear, activation, attention
 from .model_io import TRANSFORMERS_WEIGHTS, Config, build_and_load
 
 FLOAT32_MIN = -3.4028234663852886e38
@@ -97,7 +97,7 @@ class XLMRobertaEmbeddings(nn.Cell):
         return self.LayerNorm(x)
 
 
-class XLMRobertaSelfAttention(nn.Cell):
+class XLMRobertaSelfAttention(AttentionCell):
     def __init__(self, config: MCLIPConfig):
         super().__init__()
         self.heads = config.num_attention_heads
@@ -106,7 +106,7 @@ class XLMRobertaSelfAttention(nn.Cell):
         self.value = Linear(config.hidden_size, config.hidden_size)
 
     def construct(self, h, mask):
-        return attention(self.query(h), self.key(h), self.value(h), self.heads, mask)
+        return attention(self.query(h), self.key(h), self.value(h), self.heads, mask, self.bf16)
 
 
 class XLMRobertaResidualOutput(nn.Cell):

@@ -17,7 +17,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
-from .layers import Conv2d, Embedding, GroupNorm, Linear, ResnetBlock2D, SpatialNorm, attention, upsample_nearest2x
+from .layers import (AttentionCell, Conv2d, Embedding, GroupNorm, Linear, ResnetBlock2D, SpatialNorm, attention,
+                     upsample_nearest2x)
 from .model_io import DIFFUSERS_WEIGHTS, Config, build_and_load
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
@@ -31,7 +32,7 @@ def _silu(x):
     return ms.ops.silu(x)
 
 
-class VQAttention(nn.Cell):
+class VQAttention(AttentionCell):
     """diffusers ``Attention`` as built for VAE blocks (``_from_deprecated_attn_block``): one head of ``channels``.
 
     residual = x; h = group_norm(x) (encoder / "group" decoder) or spatial_norm(x, zq) (MoVQ decoder);
@@ -57,7 +58,7 @@ class VQAttention(nn.Cell):
         h = self.spatial_norm(x, zq) if self.spatial else self.group_norm(x)
         b, c, hh, ww = h.shape
         h = h.reshape(b, c, hh * ww).transpose(0, 2, 1)
-        out = attention(self.to_q(h), self.to_k(h), self.to_v(h), 1)
+        out = attention(self.to_q(h), self.to_k(h), self.to_v(h), 1, bf16=self.bf16)
         out = self.to_out[0](out)
         out = out.transpose(0, 2, 1).reshape(b, c, hh, ww)
         return out + residual

@@ -69,7 +69,7 @@ class TimestepEmbedding(nn.Cell):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class SelfAttention(nn.Cell):
+class SelfAttention(layers.AttentionCell):
     """diffusers ``Attention`` used as self-attention: ``to_q``/``to_k``/``to_v`` (bias), ``to_out.0``."""
 
     def __init__(self, dim: int, heads: int, head_dim: int):
@@ -82,7 +82,7 @@ class SelfAttention(nn.Cell):
         self.to_out = nn.CellList([Linear(inner, dim)])
 
     def construct(self, x, mask=None):
-        out = layers.attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads, mask)
+        out = layers.attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads, mask, self.bf16)
         return self.to_out[0](out)
 
 

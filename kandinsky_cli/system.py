@@ -151,6 +151,7 @@ def machine_info(device: Optional[str] = None) -> dict:
     import mindspore as ms
     import psutil
 
+    from . import bf16
     from .download import cache_dir, cached_models
 
     if device is not None:
@@ -166,6 +167,8 @@ def machine_info(device: Optional[str] = None) -> dict:
         "threads": {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
                     "mindspore_runtime_threads": ms.get_context("runtime_num_threads")},
         "memory": {"total_bytes": memory.total, "available_bytes": memory.available},
+        "bfloat16": {"available": bf16.available(), "reason": bf16.unavailable_reason(),
+                     "auto": bf16.resolve_dtype("auto", chosen)},
         "cache": {"hub_cache": str(cache_dir()), "models": cached_models()},
     }
 
@@ -190,6 +193,9 @@ def info_tables(info: dict) -> list:
                                f"threads {threads['mindspore_runtime_threads']}")
     machine.add_row("memory", f"{decimal(info['memory']['available_bytes'])} free of "
                               f"{decimal(info['memory']['total_bytes'])}")
+    low = info["bfloat16"]
+    machine.add_row("bfloat16", ("available" if low["available"] else escape(f"unavailable: {low['reason']}")) +
+                    f"; --dtype auto runs {low['auto']}")
     machine.add_row("HF cache", escape(info["cache"]["hub_cache"]))
     cached = info["cache"]["models"]
     models = Table(title="cached models" if cached else "cached models: none yet (see `kandinsky download`)")

@@ -68,7 +68,7 @@ def _strip_unetres(name):
 # Attention with added (encoder) K/V: diffusers ``Attention`` + ``AttnAddedKVProcessor2_0``
 # ----------------------------------------------------------------------------------------------------------
 
-class AddedKVAttention(nn.Cell):
+class AddedKVAttention(layers.AttentionCell):
     """Self-attention over the pixels with the encoder tokens' K/V prepended (encoder tokens first).
 
     out = x + to_out(SDPA(q=to_q(gn(x)), k=[add_k(enc); to_k(gn(x))], v=[add_v(enc); to_v(gn(x))])).
@@ -110,7 +110,7 @@ class AddedKVAttention(nn.Cell):
         if not self.only_cross:
             k = ops.cat((k, self.to_k(hn)), 1)
             v = ops.cat((v, self.to_v(hn)), 1)
-        out = layers.attention(q, k, v, self.heads)
+        out = layers.attention(q, k, v, self.heads, bf16=self.bf16)
         out = self.to_out[0](out)
         return out.transpose(0, 2, 1).reshape(b, c, h, w) + x
 

@@ -47,12 +47,13 @@ if str(REPO) not in sys.path:  # benchmark the checkout this script belongs to
 from bench_common import Ctx, Group, Row, log, short_error  # noqa: E402
 from bench_tool import (RowsGroup, ToolGroup, convergence_rows, diffusers_command, region_params,  # noqa: E402
                         tool_command, tool_params)
-from bench_workloads import (clip_text_ms, clip_text_torch, component_group, latent_params,  # noqa: E402
-                             load_tiny_ms, load_tiny_torch, mclip_ms, mclip_torch, movq_decode_ms, movq_decode_torch,
-                             movq_encode_ms, movq_encode_torch, ms_clip_text, ms_mclip, ms_movq, ms_prior, ms_unet,
-                             nothing_group, pipeline_ms, pipeline_params, pipeline_torch, prior_ms, prior_torch,
-                             quiet_diffusers, real_pipeline_group, tiny_pipeline_group, torch_clip_text, torch_mclip,
-                             torch_movq, torch_prior, torch_unet, unet_ms, unet_torch)
+from bench_workloads import (clip_text_ms, clip_text_torch, component_group, latent_params, load_tiny_ms,  # noqa: E402
+                             load_tiny_torch, matmul_ms, matmul_params, matmul_torch, mclip_ms, mclip_torch,
+                             movq_decode_ms, movq_decode_torch, movq_encode_ms, movq_encode_torch, ms_clip_text,
+                             ms_mclip, ms_movq, ms_prior, ms_unet, nothing_group, pipeline_ms, pipeline_params,
+                             pipeline_torch, prior_ms, prior_torch, quiet_diffusers, real_pipeline_group,
+                             tiny_pipeline_group, torch_clip_text, torch_mclip, torch_movq, torch_prior, torch_unet,
+                             unet_ms, unet_torch)
 from diffusers_inpaint import SCHEDULERS  # noqa: E402
 
 DEFAULT_FIXTURE = REPO / "tests" / "fixtures" / "kandinsky21-tiny"
@@ -105,6 +106,10 @@ TABLE = (
           "InpaintPipeline(fixture/inpaint) + PriorPipeline(fixture/prior) construction "
           "(tokenizers, configs, safetensors -> cells; graph compilation happens later, on first call)",
           "KandinskyInpaintPipeline.from_pretrained + KandinskyPriorPipeline.from_pretrained"),
+    Entry("matmul-{size}", "none", matmul_ms, matmul_torch,
+          "the matmul ceiling: compiled ({size}, {size}) @ ({size}, {size}), {gflop:.1f} GFLOP; ops.matmul in float32 "
+          "/ float16, the bf16 operator on bf16 operands in bfloat16 (GFLOP/s = {gflop:.1f} / median)",
+          "torch.matmul in the dtype", default=False, params=matmul_params, listed=("matmul-4096",)),
     Entry("clip-text", "clip", clip_text_ms, clip_text_torch,
           "compiled CLIPTextModelWithProjection(ids (1, 77)) + asnumpy",
           "transformers CLIPTextModelWithProjection(input_ids (1, 77))"),

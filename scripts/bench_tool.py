@@ -220,7 +220,7 @@ def convergence_rows(ctx: Ctx, models, dtype: str, p):
 
     with np.load(ctx.fixture / "golden" / "schedulers.npz") as npz:
         inputs = {k: npz[k] for k in ("image", "mask", "image_embeds", "negative_image_embeds")}
-    pipe = InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode)
+    pipe = InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode, bf16=dtype == "bfloat16")
     t0 = time.perf_counter()
     reference = final_latents(pipe, inputs, REFERENCE_SAMPLER, REFERENCE_STEPS)
     log(f"sampler-convergence {dtype}: reference {REFERENCE_SAMPLER} {REFERENCE_STEPS} steps in "

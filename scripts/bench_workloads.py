@@ -551,12 +551,52 @@ def load_tiny_torch(ctx, models, dtype, p):
     return lambda: _torch_pipelines(ctx.fixture, dtype)
 
 
+def matmul_ms(ctx, models, dtype, p):
+    """The matmul ceiling: compiled float32 ops.matmul, or the bf16 operator on bf16 operands (bfloat16)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    rng = np.random.default_rng(SEED)
+    a, b = (randn(rng, (p.size, p.size)) for _ in range(2))
+    if dtype == "bfloat16":
+        from kandinsky_cli import bf16
+
+        kernel = bf16.ops().mm_nn
+        a, b = (ms.Tensor(bf16.to_bits(x)[None]) for x in (a, b))
+    else:
+        kernel = ops.matmul
+        a, b = (ms.Tensor(x.astype(np_dtype(dtype))) for x in (a, b))
+
+    @ms.jit
+    def product(x, y):
+        return kernel(x, y)
+    return lambda: product(a, b).asnumpy()
+
+
+def matmul_torch(ctx, models, dtype, p):
+    import torch
+
+    rng = np.random.default_rng(SEED)
+    a, b = (_torch_tensor(randn(rng, (p.size, p.size)), dtype) for _ in range(2))
+
+    def run():
+        with torch.no_grad():
+            return torch.matmul(a, b).float().numpy()
+    return run
+
+
+def matmul_params(ctx: Ctx, name: str, size: int) -> dict:
+    if size <= 0:
+        raise SystemExit(f"error: workload {name}: the size must be positive")
+    return {"size": size, "gflop": 2 * size ** 3 / 1e9}
+
+
 def load_tiny_ms(ctx, models, dtype, p):
     from kandinsky_cli.inpaint_pipeline import InpaintPipeline
     from kandinsky_cli.prior_pipeline import PriorPipeline
 
-    return lambda: (InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode),
-                    PriorPipeline(ctx.fixture / "prior", ms_dtype(dtype), ctx.mode))
+    return lambda: (InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode, bf16=dtype == "bfloat16"),
+                    PriorPipeline(ctx.fixture / "prior", ms_dtype(dtype), ctx.mode, bf16=dtype == "bfloat16"))
 
 
 def pipeline_torch(ctx, models, dtype, p):
@@ -595,7 +635,7 @@ def tiny_pipeline_group() -> ModelGroup:
     def ms_models(ctx, dtype, tmodels):
         from kandinsky_cli.inpaint_pipeline import InpaintPipeline
 
-        return {"pipe": InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode)}
+        return {"pipe": InpaintPipeline(ctx.fixture / "inpaint", ms_dtype(dtype), ctx.mode, bf16=dtype == "bfloat16")}
 
     return ModelGroup("tiny-pipeline", torch_models, ms_models, "from the fixture")
 
@@ -651,7 +691,7 @@ def real_pipeline_group() -> ModelGroup:
                 free_memory()
             _drop(tmodels)
             log(f"  loading the MindSpore pipeline from {root}")
-            return {"pipe": InpaintPipeline(root, ms_dtype(dtype), ctx.mode), "folder": folder}
+            return {"pipe": InpaintPipeline(root, ms_dtype(dtype), ctx.mode, bf16=dtype == "bfloat16"), "folder": folder}
         except BaseException:
             folder.cleanup()
             raise

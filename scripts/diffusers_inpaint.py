@@ -60,7 +60,7 @@ def parse_args(argv=None):
     ap.add_argument("--height", type=int, default=768)
     ap.add_argument("--width", type=int, default=768)
     ap.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
-    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
     ap.add_argument("--out", type=Path, required=True)
     return ap.parse_args(argv)

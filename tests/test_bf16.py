@@ -40,17 +40,22 @@ def test_to_bits_rounds_to_nearest_even():
     values = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -2.5, 0.0, np.inf], np.float32)
     expected = np.array([1.0, 1.0, 1 + 2 ** -6, 1 + 2 ** -7, -2.5, 0.0, np.inf], np.float32)
     np.testing.assert_array_equal(bf16.from_bits(bf16.to_bits(values)), expected)
+    nan = bf16.from_bits(bf16.to_bits(np.array([np.nan, -np.nan], np.float32)))
+    assert np.isnan(nan).all()
     x = np.random.default_rng(0).standard_normal(10000).astype(np.float32)
     assert np.max(np.abs(bf16.from_bits(bf16.to_bits(x)) - x) / np.abs(x)) <= 2 ** -8
 
 
-def test_winograd_weights_are_g_k_gt():
-    g = np.random.default_rng(1).standard_normal((3, 2, 3, 3)).astype(np.float32)
-    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-    u = bf16.from_bits(bf16.winograd_weights(g)).reshape(4, 4, 3, 2)
-    for o in range(3):
-        for c in range(2):
-            np.testing.assert_allclose(u[:, :, o, c], G @ g[o, c] @ G.T, rtol=2 ** -8, atol=1e-6)
+@needs_bf16
+def test_the_library_converts_weights_as_defined():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((70001,)).astype(np.float32)
+    np.testing.assert_array_equal(bf16.round_weights(w), bf16.to_bits(w))
+    g = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    G = bf16.WINOGRAD_G.astype(np.float64)
+    expected = np.einsum("ij,ocjk,lk->iloc", G, g.astype(np.float64), G).reshape(16, 5, 3)
+    u = bf16.from_bits(bf16.winograd_weights(g)).astype(np.float64)
+    np.testing.assert_allclose(u, expected, rtol=2 ** -8, atol=1e-7)    # within bf16's rounding
 
 
 def test_auto_and_explicit_dtypes_resolve_per_device():
@@ -101,11 +106,14 @@ def test_matmuls_are_bf16_products_with_float32_sums(mode, bits_a, bits_b):
         ref = np.matmul(rounded(a), np.swapaxes(rounded(b), 1, 2) if transpose else rounded(b))
         assert out.dtype == np.float32 and out.shape == ref.shape
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+        # the operator rounds float32 operands as to_bits does
+        exact = fn(Tensor(bf16.to_bits(a)), Tensor(bf16.to_bits(b))).asnumpy()
+        np.testing.assert_array_equal(out, exact)
 
 
 @needs_bf16
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7, 9), (1, 3, 4, 4, 4), (2, 16, 16, 1, 1), (1, 5, 3, 2, 33),
-                                   (3, 40, 17, 18, 3)])
+                                   (3, 40, 17, 18, 3), (2, 4, 3, 190, 101)])   # the last: chunks across samples
 def test_winograd_conv_matches_the_direct_convolution(shape):
     n, ci, co, h, w = shape
     rng = np.random.default_rng(3)

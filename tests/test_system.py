@@ -120,11 +120,15 @@ def test_info_reports_versions_device_and_which_cached_models_are_complete(tmp_p
     assert info["device"]["plugins"][0] == "cpu"
     assert info["threads"]["cpus"] == os.cpu_count() and info["threads"]["cpus_usable"] >= 1
     assert 0 < info["memory"]["available_bytes"] <= info["memory"]["total_bytes"]
+    from kandinsky_cli import bf16
+    assert info["bfloat16"] == {"available": bf16.available(), "reason": bf16.unavailable_reason(),
+                                "auto": "bfloat16" if bf16.available() else "float32"}
     assert info["cache"]["hub_cache"] == env["HF_HUB_CACHE"]
     models = {m["repo_id"]: m for m in info["cache"]["models"]}
     assert sorted(models) == ["tiny/inpaint", "tiny/prior"]
-    assert models["tiny/prior"]["complete"] == {"float32": True, "float16": False}
-    assert models["tiny/inpaint"]["complete"] == {"float32": True, "float16": True}
+    # bfloat16 and auto read the float32 files
+    assert models["tiny/prior"]["complete"] == {"float32": True, "float16": False, "bfloat16": True, "auto": True}
+    assert models["tiny/inpaint"]["complete"] == {"float32": True, "float16": True, "bfloat16": True, "auto": True}
     assert models["tiny/prior"]["refs"] == ["main"] and models["tiny/inpaint"]["bytes"] > 7_000_000
 
 

@@ -152,7 +152,8 @@ def test_decoder_networks_in_bf16_match_the_float32_goldens(golden, mode):
     errors = {k: rel_l2(out[k], ref[k]) for k in keys}
     print("bf16 rel-L2 " + ", ".join(f"{k}={v:.2e}" for k, v in errors.items()))
     assert all(v < TOLERANCE for v in errors.values()), errors
-    assert min(errors.values()) > 1e-5     # the bf16 operators really ran
+    assert errors["movq/decode_out"] < 1e-4          # the MoVQ decoder stays float32 (movq.Decoder.keep_float32)
+    assert min(v for k, v in errors.items() if k != "movq/decode_out") > 1e-5     # the bf16 operators really ran
 
 
 @needs_bf16

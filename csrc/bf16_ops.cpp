@@ -186,7 +186,7 @@ struct Scratch {
 
 // bf16 bits of `count` values at `data` (float32 or uint16): a pointer into `data` or into `scratch`.
 const uint16_t *as_bf16(void *data, const char *dtype, int64_t count, Scratch<uint16_t> &scratch) {
-  if (std::strcmp(dtype, "float32") != 0) return static_cast<const uint16_t *>(data);  // uint16 (or 16-bit views) = bf16 bits
+  if (std::strcmp(dtype, "float32") != 0) return static_cast<const uint16_t *>(data);
   const float *src = static_cast<const float *>(data);
   uint16_t *dst = scratch.get(count);
   parallel_for(count, [&](int64_t b, int64_t e) {
@@ -195,10 +195,7 @@ const uint16_t *as_bf16(void *data, const char *dtype, int64_t count, Scratch<ui
   return dst;
 }
 
-bool is_operand(const char *dtype) {
-  return !std::strcmp(dtype, "float32") || !std::strcmp(dtype, "uint16") || !std::strcmp(dtype, "int16") ||
-         !std::strcmp(dtype, "float16");
-}
+bool is_operand(const char *dtype) { return !std::strcmp(dtype, "float32") || !std::strcmp(dtype, "uint16"); }
 
 int matmul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool trans_b) {
   if (nparam != 3 || ndims[0] != 3 || ndims[1] != 3 || ndims[2] != 3) return 1;

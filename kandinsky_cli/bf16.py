@@ -1,8 +1,8 @@
 """bfloat16 products on CPU: MindSpore custom operators (``ops.Custom``, ``func_type="aot"``) over oneDNN.
 
 MindSpore 2.8 has no bf16 kernels on CPU. ``csrc/bf16_ops.cpp`` (compiled by the package build into
-``kandinsky_cli/_bf16_ops*.so``; ``KANDINSKY_BF16=0`` turns the path off) multiplies bf16 x bf16 with fp32 accumulation through oneDNN's matmul,
-using the copy of oneDNN that MindSpore itself ships (``mindspore/lib/libdnnl.so.2``), which runs AVX512_BF16
+``kandinsky_cli/_bf16_ops*.so``; ``KANDINSKY_BF16=0`` turns the path off) multiplies bf16 x bf16 with fp32
+accumulation through oneDNN's matmul, using the copy of oneDNN that MindSpore itself ships (``mindspore/lib/libdnnl.so.2``), which runs AVX512_BF16
 (and AMX) kernels on CPUs that have them. Operands are float32 tensors (rounded to bf16 inside the operator)
 or bf16 bits held as uint16 (weights converted once, see :func:`to_bits`); results are float32.
 
@@ -115,7 +115,8 @@ def from_bits(bits) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _host_library() -> ctypes.CDLL:
-    """The operator library for its host-side conversion functions (ctypes)."""
+    """The operator library for its host-side conversion functions (ctypes). It leaves oneDNN's symbols to the
+    process, so MindSpore's copy is made global first (before MindSpore itself loads the library, too)."""
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(reason)
@@ -129,8 +130,9 @@ def _host_library() -> ctypes.CDLL:
 
 
 def round_weights(array) -> np.ndarray:
-    """:func:`to_bits` in the operator library: one multithreaded pass, no temporaries (a real-size UNet's 1.2 B
-    values take seconds instead of the ~half minute of the numpy version)."""
+    """:func:`to_bits` in the operator library with the CPU's conversion instruction: one multithreaded pass, no
+    temporaries (a real-size UNet's 1.2 B values take seconds instead of the ~half minute of the numpy version).
+    Equal to :func:`to_bits` except below ~1.2e-38 (subnormals), where the instruction rounds differently."""
     src = np.ascontiguousarray(array, dtype=np.float32)
     out = np.empty(src.shape, np.uint16)
     _host_library().bf16_round(src.ctypes.data, out.ctypes.data, src.size)
@@ -141,14 +143,10 @@ class _Ops:
     """The three operators; made once per process."""
 
     def __init__(self):
-        reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(reason)
+        _host_library()     # checks availability and makes MindSpore's oneDNN global first
         import mindspore as ms
         from mindspore import ops
 
-        # The operator library leaves oneDNN's symbols to the process: make MindSpore's copy global first.
-        ctypes.CDLL(str(onednn()), mode=ctypes.RTLD_GLOBAL)
         lib = str(library())
         f32 = ms.float32
 

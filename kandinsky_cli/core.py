@@ -197,9 +197,8 @@ class Kandinsky:
         """The local folder of a stage ("prior" or "decoder"), downloading it once if it is a hub id."""
         if stage not in self._roots:
             model = self.prior_model if stage == "prior" else self.decoder_model
-            # float16 reads the fp16 weight files where a repo has them; every other dtype the float32 ones
-            files = "float16" if self.dtype_requested == "float16" else "float32"
-            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline, dtype=files)
+            # download.select_files: float16 reads the fp16 files where a repo has them, every other dtype float32
+            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline, dtype=self.dtype_requested)
         return self._roots[stage]
 
     def select_device(self) -> str:

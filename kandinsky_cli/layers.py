@@ -146,8 +146,8 @@ def to_bfloat16(net: nn.Cell, min_channels: int = BF16_MIN_CHANNELS) -> nn.Cell:
 
     Every :class:`Dense` and every :class:`Conv2d` that is 1x1 or 3x3 (stride 1, padding 1), with at least
     ``min_channels`` input and output channels, keeps its weights as bf16 bits (3x3: Winograd-transformed, 16/9
-    the values at half the bytes) and drops the float32 copy; the products run in the operators of :mod:`.bf16`. Everything else (norms, softmax, elementwise,
-    strided convolutions, biases) stays float32; the attention products (QK^T, PV) run in bf16 too. Cells with a
+    the values at half the bytes) and drops the float32 copy; the products run in the operators of :mod:`.bf16`.
+    Everything else (norms, softmax, elementwise, strided convolutions, biases) stays float32; the attention products (QK^T, PV) run in bf16 too. Cells with a
     true ``keep_float32`` attribute stay float32 with everything in them. Call it before the network is first
     compiled.
     """

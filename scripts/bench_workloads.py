@@ -7,7 +7,6 @@ built (a dict), ``p`` holds the parameters read from the workload's name (``p.si
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -105,9 +104,6 @@ def _timed_rows(workloads, impl: str, how: str, dtype: str, build_error: Optiona
             row = measure(wl.name, impl, dtype, make_run(wl), args.warmup, args.repeats, extra)
             log(f"  median {row.median:.3f} s, peak RSS {(row.peak_rss or 0) / GB:.2f} GB")
         except Exception as exc:
-            if os.environ.get("KANDINSKY_BENCH_TRACEBACK"):
-                import traceback
-                traceback.print_exc()
             row = Row(wl.name, impl, dtype, skipped=short_error(exc), extra=extra)
             log(f"  skipped: {row.skipped}")
         free_memory()
@@ -220,11 +216,9 @@ def torch_dtype(dtype: str):
 def ms_precision(cell, dtype: str):
     """A loaded float32 MindSpore network switched to the bf16 operators for dtype "bfloat16" (what the tool's
     --dtype bfloat16 does); as is otherwise."""
-    if dtype == "bfloat16":
-        from kandinsky_cli.layers import to_bfloat16
+    from kandinsky_cli.layers import with_precision
 
-        to_bfloat16(cell)
-    return cell
+    return with_precision(cell, dtype == "bfloat16")
 
 
 # --------------------------------------------------------------------------------------------------------------

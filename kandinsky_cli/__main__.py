@@ -3,11 +3,13 @@ import os
 import sys
 
 from . import interrupts
+from .cache import compile_cache
 
 
 def main() -> None:
     os.environ.setdefault("GLOG_v", "3")   # MindSpore's native log: errors only (its warnings are noise here)
     interrupts.silence_native_stderr = True
+    compile_cache.allowed = True            # every graph of a command goes through layers.compiled
     with interrupts.Interrupts():   # before Typer, Rich or MindSpore are imported: Ctrl-C is handled from the start
         try:
             from .cli import app

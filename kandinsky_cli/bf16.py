@@ -78,11 +78,13 @@ def available() -> bool:
 
 def resolve_dtype(requested: str, device: str) -> str:
     """The dtype a run uses for ``--dtype requested`` on ``device`` (cpu, gpu, ascend): "auto" becomes bfloat16
-    on a CPU that can run it, float32 elsewhere; "bfloat16" where it cannot run is a UserError saying why."""
+    on a CPU that can run it, float16 on GPU/Ascend (the seed's own choice), float32 on other CPUs; "bfloat16" where it cannot run is a UserError saying why."""
     from .errors import UserError
 
     if requested == "auto":
-        return "bfloat16" if device == "cpu" and available() else "float32"
+        if device != "cpu":
+            return "float16"
+        return "bfloat16" if available() else "float32"
     if requested == "bfloat16":
         if device != "cpu":
             raise UserError(f"--dtype bfloat16 runs on the CPU only (this run is on {device}); use --dtype float16 "

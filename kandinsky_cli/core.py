@@ -20,6 +20,7 @@ from PIL import Image
 from . import __version__, model_io, options
 from .errors import UserError
 from .files import atomic_set, check_writable_output, load_image, numbered_paths, save_json, save_npy, save_png
+from .cache import Constants, compile_cache
 from .masks import MaskSpec, mask_to_image
 from .memory import check_decoder_fits
 from .noise import random_seed
@@ -153,7 +154,7 @@ class Kandinsky:
     """
 
     def __init__(self, prior_model: str = options.DEFAULT_PRIOR, decoder_model: str = options.DEFAULT_DECODER,
-                 dtype: str = "float32", offline: bool = False, mode: str = "graph", device: Optional[str] = None,
+                 dtype: str = "auto", offline: bool = False, mode: str = "graph", device: Optional[str] = None,
                  device_id: Optional[int] = None):
         self.dtype_requested = options.check_value("dtype", dtype, "--dtype")
         self._dtype_name: Optional[str] = None
@@ -207,6 +208,7 @@ class Kandinsky:
             from .system import select_device
 
             self.device_target = select_device(self.device, self.device_id)
+            compile_cache.configure(self.device_target, self.mode, self.dtype_name)
         return self.device_target
 
     def check_embedding_widths(self) -> None:
@@ -225,7 +227,8 @@ class Kandinsky:
             from .prior_pipeline import PriorPipeline
 
             self.select_device()
-            self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode, bf16=self.bf16)
+            self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode, bf16=self.bf16,
+                                        constants=Constants(), dtype_name=self.dtype_name)
             self._prior_mode = mode
             self.counters["prior_loads"] += 1
         return self._prior
@@ -254,6 +257,8 @@ class Kandinsky:
         key = req.cache_key()
         if req.seed is not None and key in self._embedding_cache:
             return self._embedding_cache[key]
+        compile_cache.set_hint(f"prior images={req.num_images} negative={req.negative_prompt is not None} "
+                               f"mix={len(req.mix or ())} guided={req.prior_guidance_scale > 1.0}")
         prior = self._load_prior(self.mode if keep else "pynative")
         step = (lambda i, n: progress("prior", i, n)) if progress else None
         noise = Noise(req.seed if req.seed is not None else random_seed())
@@ -410,6 +415,7 @@ class Kandinsky:
         step = (lambda i, n: progress("decoder", i, n)) if progress else None
         image, mask = job.plan.crop(job.image, job.mask)
         width, height = job.plan.working_size
+        compile_cache.set_hint(f"decoder {height}x{width} rows={rows * per_prompt} cfg={req.guidance_scale > 1.0}")
         t0 = time.perf_counter()
         images = decoder(prompts, image, mask_to_image(mask), emb, neg, negative_prompt=req.negative_prompt,
                          height=height, width=width, num_inference_steps=req.steps, scheduler=req.scheduler,

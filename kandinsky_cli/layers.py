@@ -352,13 +352,18 @@ MODES = ("graph", "pynative")
 def compiled(fn, mode: str = "graph"):
     """``fn`` (a Cell or a tensor-only method) compiled with ``ms.jit`` in graph mode, as is in pynative mode.
 
-    A compiled function is traced once per input shape and dtype and reused for every later call.
+    A compiled function is traced once per input shape and dtype and reused for every later call; where the
+    engine turned the compile cache on, a trace of an earlier process is reused (see :mod:`.cache`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown execution mode {mode!r} (graph or pynative)")
     if mode == "pynative":
         return fn
-    return ms.jit(fn.construct if isinstance(fn, nn.Cell) else fn)
+    from .cache import Graph
+
+    owner = fn if isinstance(fn, nn.Cell) else getattr(fn, "__self__", None)
+    name = f"{type(owner).__qualname__}.{getattr(fn, '__name__', 'construct')}"
+    return Graph(ms.jit(fn.construct if isinstance(fn, nn.Cell) else fn), owner, name)
 
 
 def upsample_nearest2x(x):

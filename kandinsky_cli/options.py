@@ -364,10 +364,10 @@ OPTIONS: Tuple[Option, ...] = (
            _scopes(ENGINE), str, "ID_OR_DIR"),
     Option("decoder_model", path(), DEFAULT_DECODER, "Inpaint decoder pipeline: a local diffusers folder or a hub id.",
            _scopes(ENGINE), str, "ID_OR_DIR"),
-    Option("dtype", choice(DTYPES), "float32",
-           "Compute precision. float32: the parity reference; float16: for GPU/Ascend; bfloat16: CPUs with bf16 "
-           "instructions (AVX512_BF16/AMX): the large products in bf16 with float32 sums, the rest float32; "
-           "auto: bfloat16 where the CPU has it, else float32.", _scopes(ENGINE), str, "|".join(DTYPES)),
+    Option("dtype", choice(DTYPES), "auto",
+           "Compute precision. auto: bfloat16 on a CPU with bf16 instructions, float16 on GPU/Ascend, else float32; "
+           "float32: the parity reference (equals diffusers); float16: for GPU/Ascend; bfloat16: CPUs with bf16 "
+           "instructions (AVX512_BF16/AMX): the large products in bf16 with float32 sums, the rest float32.", _scopes(ENGINE), str, "|".join(DTYPES)),
     Option("mode", choice(MODES), "graph",
            "graph: networks compiled once per shape (fast); pynative: eager execution, for debugging.",
            _scopes(ENGINE), str, "|".join(MODES)),

@@ -49,11 +49,12 @@ def clip_preprocess(image, config: dict) -> np.ndarray:
 class PriorPipeline:
     """CLIP text/vision encoders + PriorTransformer + UnCLIP scheduler, loaded once from a pipeline folder."""
 
-    def __init__(self, root: Path, dtype=None, mode: str = "graph", bf16: bool = False):
+    def __init__(self, root: Path, dtype=None, mode: str = "graph", bf16: bool = False, constants=None,
+                 dtype_name: Optional[str] = None):
         import mindspore as ms
 
         from .layers import compiled, with_precision
-        from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+        from .clip import CLIPTextModelWithProjection, vision_config
         from .prior import PriorTransformer
         from .schedulers import UnCLIPScheduler
         from .tokenizer import load_clip_tokenizer
@@ -65,19 +66,22 @@ class PriorPipeline:
         self.tokenizer = load_clip_tokenizer(self.root / "tokenizer")
         self.text_encoder = with_precision(
             CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype), bf16)
-        self.image_encoder = with_precision(
-            CLIPVisionModelWithProjection.from_pretrained(self.root / "image_encoder", dtype), bf16)
         self.prior = with_precision(PriorTransformer.from_pretrained(self.root / "prior", dtype), bf16)
         self.scheduler = model_io.build_scheduler(UnCLIPScheduler, self.root / "scheduler")
         processor = self.root / "image_processor"
         self.image_processor_config = (model_io.read_config(processor, "preprocessor_config.json")
                                        if (processor / "preprocessor_config.json").is_file() else {})
-        self.image_size = self.image_encoder.config["image_size"]
+        self.image_size = vision_config(model_io.read_config(self.root / "image_encoder"))["image_size"]
         self.embedding_dim = self.prior.embedding_dim
         self._zero_embed = None
-        self.mode = mode
+        self.mode, self.bf16 = mode, bf16
+        # the image encoder is loaded when an image is embedded: a text-only run with the all-zero image's
+        # embedding in ``constants`` (a tools.cache.Constants) never loads it
+        self.image_encoder = self._image_fn = None
+        self.constants = constants
+        self.dtype_name = dtype_name or ("float16" if self.dtype == ms.float16 else
+                                         "bfloat16" if bf16 else "float32")
         self._text_fn = compiled(self.text_encoder, mode)
-        self._image_fn = compiled(self.image_encoder, mode)
         self._prior_fn = compiled(self.prior, mode)
 
     @classmethod
@@ -99,13 +103,33 @@ class PriorPipeline:
         embeds, hidden = self._text_fn(ms.Tensor(ids.astype(np.int32)))
         return embeds.asnumpy(), hidden.asnumpy(), mask.astype(bool)
 
+    def load_image_encoder(self):
+        if self.image_encoder is None:
+            from .clip import CLIPVisionModelWithProjection
+            from .layers import compiled, with_precision
+
+            self.image_encoder = with_precision(
+                CLIPVisionModelWithProjection.from_pretrained(self.root / "image_encoder", self.dtype), self.bf16)
+            self._image_fn = compiled(self.image_encoder, self.mode)
+        return self.image_encoder
+
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
+        self.load_image_encoder()
         return self._image_fn(self._tensor(pixel_values)).asnumpy()
 
     def zero_image_embed(self) -> np.ndarray:
-        """The embedding of an all-zero image (zeros in normalised pixel space), shape (1, E)."""
+        """The embedding of an all-zero image (zeros in normalised pixel space), shape (1, E): a constant of the
+        image encoder's weights, taken from ``constants`` when it holds it."""
         if self._zero_embed is None:
-            self._zero_embed = self.encode_image(np.zeros((1, 3, self.image_size, self.image_size), np.float32))
+            def compute():
+                return self.encode_image(np.zeros((1, 3, self.image_size, self.image_size), np.float32))
+            if self.constants is None:
+                self._zero_embed = compute()
+            else:
+                from .cache import weights_identity
+
+                key = {"weights": weights_identity(self.root / "image_encoder"), "dtype": self.dtype_name}
+                self._zero_embed = self.constants.get("zero-image-embed", key, compute)
         return self._zero_embed
 
     def _encode_prompt(self, prompts: List[str], num_images: int, cfg: bool, negative: Optional[List[str]]):

@@ -17,16 +17,20 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cache import compile_cache
 from .errors import UserError
 
 Embeddings = Tuple[np.ndarray, np.ndarray]
 
 
 def _child(conn, root: str, dtype: str, mode: str, device: Optional[str], device_id: Optional[int],
-           requests: list) -> None:
+           requests: list, compile_cache_allowed: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        from .cache import compile_cache
         from .core import Kandinsky, PriorRequest
+
+        compile_cache.allowed = compile_cache_allowed
 
         engine = Kandinsky(prior_model=root, dtype=dtype, mode=mode, device=device, device_id=device_id)
         for n, values in enumerate(requests):
@@ -52,7 +56,7 @@ def run_prior_in_child(root: Path, dtype: str, mode: str, device: Optional[str],
     parent, child = context.Pipe(duplex=False)
     process = context.Process(target=_child, name="kandinsky-prior", daemon=True,
                               args=(child, str(root), dtype, mode, device, device_id,
-                                    [r.values() for r in requests]))
+                                    [r.values() for r in requests], compile_cache.allowed))
     process.start()
     child.close()
     results: List[Optional[Embeddings]] = [None] * len(requests)

@@ -152,6 +152,7 @@ def machine_info(device: Optional[str] = None) -> dict:
     import psutil
 
     from . import bf16
+    from . import cache as tool_cache
     from .download import cache_dir, cached_models
 
     if device is not None:
@@ -169,7 +170,8 @@ def machine_info(device: Optional[str] = None) -> dict:
         "memory": {"total_bytes": memory.total, "available_bytes": memory.available},
         "bfloat16": {"available": bf16.available(), "reason": bf16.unavailable_reason(),
                      "auto": bf16.resolve_dtype("auto", chosen)},
-        "cache": {"hub_cache": str(cache_dir()), "models": cached_models()},
+        "cache": {"hub_cache": str(cache_dir()), "models": cached_models(),
+                  "tool_cache": str(tool_cache.cache_dir()), "tool_cache_bytes": tool_cache.folder_size(tool_cache.cache_dir())},
     }
 
 
@@ -197,6 +199,9 @@ def info_tables(info: dict) -> list:
     machine.add_row("bfloat16", ("available" if low["available"] else escape(f"unavailable: {low['reason']}")) +
                     f"; --dtype auto runs {low['auto']}")
     machine.add_row("HF cache", escape(info["cache"]["hub_cache"]))
+    machine.add_row("tool cache", escape(f"{info['cache']['tool_cache']} "
+                                         f"({info['cache']['tool_cache_bytes'] / 1024 ** 2:.0f} MB; constants and "
+                                         "compiled graphs, safe to delete)"))
     cached = info["cache"]["models"]
     models = Table(title="cached models" if cached else "cached models: none yet (see `kandinsky download`)")
     for column in ("model", "refs", "commit", "size", "float32", "float16"):

@@ -61,7 +61,7 @@ def test_the_library_converts_weights_as_defined():
 def test_auto_and_explicit_dtypes_resolve_per_device():
     assert bf16.resolve_dtype("float32", "cpu") == "float32"
     assert bf16.resolve_dtype("float16", "gpu") == "float16"
-    assert bf16.resolve_dtype("auto", "gpu") == "float32"
+    assert bf16.resolve_dtype("auto", "gpu") == "float16"       # the seed's own choice off the CPU
     assert bf16.resolve_dtype("auto", "cpu") == ("float32" if REASON else "bfloat16")
     from kandinsky_cli.errors import UserError
     with pytest.raises(UserError, match="CPU only"):

@@ -9,12 +9,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import FIXTURE, assert_scaled
+from kandinsky_cli import bf16
 from kandinsky_cli.cli import app
 from kandinsky_cli.files import read_png_metadata
 
 PRIOR = str(FIXTURE / "prior")
 DECODER = str(FIXTURE / "inpaint")
 runner = CliRunner()
+# the golden comparisons run the parity reference; the default (--dtype auto) may be bfloat16 on another CPU
+REFERENCE = ("--dtype", "float32")
 
 
 def run(*args):
@@ -53,7 +56,7 @@ def case0(tmp_path_factory, golden):
 def test_prior_command_equals_golden_case(tmp_path, golden, cases):
     case = cases["prior_cases"][0]
     res = ok("prior", case["prompt"], "--prior-model", PRIOR, "--steps", case["num_inference_steps"],
-             "--seed", case["noise_seed"], "--out-dir", tmp_path / "e", "--name", "c0", "--json")
+             "--seed", case["noise_seed"], "--out-dir", tmp_path / "e", "--name", "c0", "--json", *REFERENCE)
     summary = json.loads(res.stdout)
     assert summary["seed"] == case["noise_seed"]
     emb = np.load(tmp_path / "e" / "c0.image_embeds.npy")
@@ -68,7 +71,7 @@ def test_prior_command_equals_golden_case(tmp_path, golden, cases):
 def test_prior_negative_prompt_and_num_images(tmp_path, golden, cases):
     case = cases["prior_cases"][1]
     ok("prior", case["prompt"], "--negative-prompt", case["negative_prompt"], "--prior-model", PRIOR,
-       "--steps", case["num_inference_steps"], "--seed", case["noise_seed"], "--out-dir", tmp_path)
+       "--steps", case["num_inference_steps"], "--seed", case["noise_seed"], "--out-dir", tmp_path, *REFERENCE)
     assert_scaled(np.load(tmp_path / "prior.image_embeds.npy"), golden("prior_pipeline")["case1/image_embeds"], 1e-4)
     ok("prior", "a dog", "--prior-model", PRIOR, "--steps", 3, "--num-images", 3, "--seed", 5, "--out-dir", tmp_path,
        "--name", "three")
@@ -114,7 +117,7 @@ def test_inpaint_no_paste_back_equals_pipeline_golden(case0, tmp_path, golden, c
        "--image-embeds", case0 / "emb.npy", "--negative-image-embeds", case0 / "neg.npy",
        "--decoder-model", DECODER, "--height", case["height"], "--width", case["width"],
        "--steps", case["num_inference_steps"], "--seed", case["noise_seed"], "--no-paste-back", "--out", out,
-       "--scheduler", "ddim")   # the pipeline goldens use the folder's DDIM scheduler
+       "--scheduler", "ddim", *REFERENCE)   # the pipeline goldens use the folder's DDIM scheduler
     got = np.asarray(Image.open(out)).astype(np.float64) / 255
     ref = golden("inpaint_pipeline")["case0/images"][0]
     assert got.shape == ref.shape
@@ -141,7 +144,8 @@ def test_inpaint_paste_back_keeps_unmasked_pixels_at_input_size(tmp_path):
         assert not np.array_equal(out[mask], original[mask])
         meta = read_png_metadata(tmp_path / f"o-{k}.png")["parameters"]
         assert meta["seed"] == 7 and meta["prompt"] == "a hat" and meta["steps"] == 3
-        assert meta["decoder_model"] == DECODER and meta["dtype"] == "float32"
+        assert meta["decoder_model"] == DECODER and meta["dtype_requested"] == "auto"    # the default
+        assert meta["dtype"] == ("bfloat16" if bf16.available() else "float32")
     assert (tmp_path / "o-grid.png").is_file()
 
 
@@ -239,7 +243,7 @@ def test_inpaint_command_with_a_sampler_equals_its_golden(tmp_path, golden, key)
        "--decoder-model", DECODER, "--height", spec["height"], "--width", spec["width"],
        "--scheduler", case["scheduler"], "--steps", case["num_inference_steps"],
        "--guidance-scale", case["guidance_scale"], "--seed", case["noise_seed"], "--no-paste-back",
-       "--out", tmp_path / "o.png")
+       "--out", tmp_path / "o.png", *REFERENCE)
     got = np.asarray(Image.open(tmp_path / "o.png")).astype(np.float64) / 255
     assert np.abs(got - ref[f"{key}/images"][0]).max() <= 0.5 / 255 + 2e-2   # check_parity.md's image limit
     assert read_png_metadata(tmp_path / "o.png")["parameters"]["scheduler"] == case["scheduler"]

@@ -12,7 +12,15 @@ Decoder schedulers share one interface, used by the inpaint pipeline's loop:
 * ``uses_variance``: ``step`` takes the UNet's variance channels after the eps channels;
 * ``timesteps(n)``: the n timesteps, in order (also resets a multistep scheduler's history);
 * ``needs_noise(t)``: whether the step at ``t`` takes a standard-normal draw of the latents' shape;
-* ``step(model_output, t, sample, noise=None)``: the next latents.
+* ``step(model_output, t, sample, noise=None)``: the next latents;
+* ``set_begin_index(i)``: a run that starts at entry i of the schedule (``--strength``; the DPM-Solver family then
+  reads its sigmas from there, as diffusers' ``set_begin_index``);
+* ``add_noise(original, noise, i)``: ``original`` noised to entry i of the schedule, as diffusers' ``add_noise``
+  (DDIM, DDPM: sqrt(abar_t) x + sqrt(1 - abar_t) n at t = timesteps[i]; DPM-Solver: alpha_i x + sigma_i alpha_i n
+  with alpha_i = 1 / sqrt(sigma_i^2 + 1)).
+
+:func:`strength_timesteps` truncates a schedule for ``--strength`` the way diffusers' Stable Diffusion inpaint
+pipeline does.
 """
 from __future__ import annotations
 
@@ -106,6 +114,30 @@ def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndar
     return (np.clip(flat, -s, s) / s).reshape(x0.shape)
 
 
+def alpha_noise(abar_t, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """DDIM's and DDPM's ``add_noise``: sqrt(abar_t) x + sqrt(1 - abar_t) n, in float32."""
+    abar_t = f32(abar_t)
+    return (np.sqrt(abar_t) * original + np.sqrt(f32(1.0) - abar_t) * noise).astype(f32)
+
+
+def strength_start(num_inference_steps: int, strength: float) -> int:
+    """The index of the schedule where a run at ``strength`` starts (diffusers' Stable Diffusion inpaint
+    ``get_timesteps``): init = min(int(steps * strength), steps), at least 1; start = steps - init."""
+    steps = int(num_inference_steps)
+    init = max(1, min(int(steps * float(strength)), steps))
+    return steps - init
+
+
+def strength_timesteps(sampler, num_inference_steps: int, strength: float):
+    """(timesteps, start): the last ``init`` timesteps of the sampler's schedule for ``strength`` (see
+    :func:`strength_start`), the sampler set to begin there. ``strength`` 1 is the whole schedule."""
+    timesteps = sampler.timesteps(num_inference_steps)
+    start = strength_start(num_inference_steps, strength)
+    if start:
+        sampler.set_begin_index(start)
+    return timesteps[start:], start
+
+
 class UnCLIPScheduler:
     """diffusers' UnCLIPScheduler with ``variance_type`` fixed_small_log and sample (or epsilon) prediction."""
 
@@ -183,10 +215,17 @@ class DDIMScheduler:
     def timesteps(self, num_inference_steps: int) -> np.ndarray:
         ts = spaced_timesteps(self.timestep_spacing, num_inference_steps, self.num_train_timesteps, self.steps_offset)
         self.num_inference_steps = len(ts)
+        self._timesteps = ts.copy()
         return ts
 
     def needs_noise(self, t: int) -> bool:
         return False
+
+    def set_begin_index(self, index: int) -> None:
+        """Nothing to do: a DDIM step depends on its timestep alone."""
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        return alpha_noise(self.alphas_cumprod[int(self._timesteps[index])], original, noise)
 
     def step(self, model_output: np.ndarray, t: int, sample: np.ndarray, noise=None) -> np.ndarray:
         t = int(t)
@@ -251,6 +290,12 @@ class DDPMScheduler:
 
     def needs_noise(self, t: int) -> bool:
         return int(t) > 0
+
+    def set_begin_index(self, index: int) -> None:
+        """Nothing to do: a DDPM step depends on its timestep and the next one alone."""
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        return alpha_noise(self.alphas_cumprod[int(self._timesteps[index])], original, noise)
 
     def _previous_timestep(self, t: int) -> int:
         i = int(np.flatnonzero(self._timesteps == t)[0])
@@ -390,6 +435,18 @@ class DPMSolverMultistepScheduler:
 
     def needs_noise(self, t: int) -> bool:
         return self.sde
+
+    def set_begin_index(self, index: int) -> None:
+        """Start the run at entry ``index`` of the schedule: the next step goes from ``sigmas[index]`` (the first
+        step of a run is first order, as in diffusers)."""
+        if self.sigmas is None:
+            raise ValueError("call timesteps() before set_begin_index()")
+        self._step_index = int(index)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """``original`` at the noise level ``sigmas[index]``: alpha_t x + sigma_t n."""
+        alpha_t, sigma_t, _ = self._alpha_sigma_lambda(int(index))
+        return (alpha_t * original + sigma_t * noise).astype(f32)
 
     def _alpha_sigma_lambda(self, index: int):
         """alpha_t, sigma_t and the log-SNR lambda_t = log(alpha_t) - log(sigma_t) of ``sigmas[index]``."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import model_io
 from .noise import as_noise
-from .schedulers import make_decoder_scheduler
+from .schedulers import make_decoder_scheduler, strength_timesteps
 
 StepCallback = Optional[Callable[[int, int], None]]
 
@@ -64,6 +64,29 @@ def nearest_resize(a: np.ndarray, h: int, w: int) -> np.ndarray:
     rows = (np.arange(h) * a.shape[-2]) // h
     cols = (np.arange(w) * a.shape[-1]) // w
     return a[..., rows[:, None], cols[None, :]]
+
+
+def latent_change_map(change: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A soft change map (H, W) in [0, 1] at the latent size (h, w): Pillow's BOX filter, i.e. the mean of the pixels
+    each latent covers (exactly the mean of each 8x8 block when H = 8h and W = 8w)."""
+    from PIL import Image
+
+    change = np.asarray(change, dtype=np.float32)
+    if change.shape == (h, w):
+        return change.copy()
+    small = Image.fromarray(change).resize((w, h), resample=Image.Resampling.BOX)
+    return np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+
+
+def soft_thresholds(n: int) -> np.ndarray:
+    """Soft inpainting's threshold of each of the n steps a run takes: 1 - i / n (1, ..., 1/n). At step i the latents
+    whose change value is below it are reset to the original latents noised to that step's timestep."""
+    return (1.0 - np.arange(n, dtype=np.float64) / n).astype(np.float32)
+
+
+def soft_keep_masks(change_latent: np.ndarray, n: int) -> np.ndarray:
+    """(n, h, w) bool: where each step resets the latents to the noised original (change < threshold)."""
+    return change_latent[None] < soft_thresholds(n)[:, None, None]
 
 
 # (di, dj) offsets from a non-keep pixel to the neighbours the pipeline's erosion zeroes (anti-diagonals are not).
@@ -226,7 +249,8 @@ class InpaintPipeline:
                  height: int = 512, width: int = 512, num_inference_steps: int = 100, guidance_scale: float = 4.0,
                  num_images_per_prompt: int = 1, noise=None, callback: StepCallback = None,
                  debug: Optional[dict] = None, scheduler: str = "ddim",
-                 timings: Optional[dict] = None) -> np.ndarray:
+                 timings: Optional[dict] = None, strength: float = 1.0,
+                 change_map: Optional[np.ndarray] = None) -> np.ndarray:
         """Returns images (num_images, height, width, 3) float32 in [0, 1].
 
         ``image``: PIL image (resized to the working size) or uint8 (H, W, 3) array; ``mask_image``: PIL or float
@@ -234,7 +258,15 @@ class InpaintPipeline:
         dict, receives the pipeline's intermediates; ``debug["step_latents_out"][-1]`` are the final latents.
         ``timings``, when a dict, receives seconds per stage: ``text_s`` (text encoder), ``movq_encode_s``,
         ``unet_s`` (the step loop), ``movq_decode_s``.
+
+        ``strength`` < 1 starts from the image's own MoVQ latents noised to the point ``strength`` of the schedule
+        (the sampler's ``add_noise`` with the initial noise draw) and runs the remaining steps
+        (:func:`schedulers.strength_timesteps`). ``change_map`` (float (H, W) at the working size, 1 = repaint from
+        the first step) turns on soft inpainting: before step i the latents where the map (at latent size,
+        :func:`latent_change_map`) is below 1 - i / n are replaced by the original latents noised to step i.
         """
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
         clock = _Stopwatch(timings)
         sampler = make_decoder_scheduler(scheduler, self.scheduler_config)
         noise = as_noise(noise)
@@ -268,19 +300,29 @@ class InpaintPipeline:
             mask_in = np.concatenate([mask_in, mask_in])
             masked_in = np.concatenate([masked_in, masked_in])
 
-        timesteps = sampler.timesteps(num_inference_steps)
+        timesteps, start = strength_timesteps(sampler, num_inference_steps, strength)
         h, w = get_new_h_w(height, width, self.scale_factor)
-        latents = noise.randn((batch, self.latent_channels, h, w)) * np.float32(sampler.init_noise_sigma)
+        initial_noise = noise.randn((batch, self.latent_channels, h, w))
+        latents = initial_noise * np.float32(sampler.init_noise_sigma)
         if latents.shape[-2:] != masked_in.shape[-2:]:
             raise ValueError(f"latent size {latents.shape[-2:]} differs from the encoded image's "
                              f"{masked_in.shape[-2:]}: height and width must be multiples of {self.scale_factor**2}")
+        original = np.repeat(image_latents, batch, axis=0)
+        if strength < 1.0:
+            latents = sampler.add_noise(original, initial_noise, start)
+        keep = None
+        if change_map is not None:
+            keep = soft_keep_masks(latent_change_map(change_map, h, w), len(timesteps))
         if debug is not None:
             debug.update(movq_in_image=pixels, movq_image_latents=image_latents, unet_mask=mask_in[:batch],
                          unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
                          unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
-                         noise_00=latents.copy(), step_eps_guided=[], step_latents_out=[])
+                         noise_00=initial_noise.copy(), start_latents=latents.copy(), soft_keep=keep,
+                         step_eps_guided=[], step_latents_out=[])
         t_hidden, t_embeds, t_image = self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds)
         for i, t in enumerate(timesteps):
+            if keep is not None and keep[i].any():
+                latents = np.where(keep[i], sampler.add_noise(original, initial_noise, start + i), latents)
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
             t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))

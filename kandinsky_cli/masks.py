@@ -321,6 +321,76 @@ def paste_back(original: ImageLike, generated: ImageLike, weights: np.ndarray) -
     return np.where(w <= 0, orig, np.where(w >= 1, gen, mixed))
 
 
+# ------------------------------------------------------------------------------------------ soft change map
+
+def _disc(radius: int) -> np.ndarray:
+    """The footprint of a disc: integer offsets with dx^2 + dy^2 <= radius^2 (as :func:`dilate`)."""
+    r = int(radius)
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def soft_change_map(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects: Iterable[Union[str, Rect]] = (),
+                    invert: bool = False, grow: int = 0, feather: int = 0) -> np.ndarray:
+    """The change map of ``--soft`` (float32 (H, W) in [0, 1]; 1 = repaint from the first step, 0 = keep).
+
+    1. the mask file's grey levels (another size: resized bilinearly, with a :class:`MaskWarning`), rectangles 1,
+       combined by the maximum;
+    2. ``invert``: 1 - map;
+    3. ``grow N``: grey dilation by a disc of radius N (each pixel takes the largest value within distance N; for a
+       0/1 map exactly the hard mask's :func:`dilate`);
+    4. ``feather N``: outside the map's >= 0.5 area, the maximum of the map and the paste-back ramp of that area
+       (:func:`feather_weights`), so a 0/1 mask's map is exactly its feathered paste-back weights.
+
+    Raises a UserError when no pixel may change.
+    """
+    rects = list(rects)
+    if mask_path is None and not rects:
+        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
+    change = np.zeros(size_hw, dtype=np.float32)
+    if mask_path is not None:
+        grey = read_mask_file(mask_path)
+        if grey.shape != tuple(size_hw):
+            warnings.warn(MaskWarning(
+                f"mask {mask_path} is {format_size(grey.shape)} but the image is {format_size(size_hw)}: "
+                f"resized to the image (bilinear, for --soft)"), stacklevel=2)
+            grey = np.asarray(Image.fromarray(grey.astype(np.float32)).resize(
+                (size_hw[1], size_hw[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+        change = np.maximum(change, np.clip(grey, 0.0, 1.0))
+    for rect in rects:
+        change[rect_mask(rect, size_hw)] = 1.0
+    if invert:
+        change = np.float32(1.0) - change
+    if not (change > 0).any():
+        raise UserError("the soft mask is 0 everywhere: nothing to repaint (white = repaint)")
+    if grow:
+        if np.all((change == 0) | (change == 1)):
+            change = dilate(change > 0, grow).astype(np.float32)
+        else:
+            from scipy import ndimage
+
+            change = ndimage.grey_dilation(change, footprint=_disc(min(grow, int(math.hypot(*size_hw)) + 1)))
+    if feather:
+        hard = change >= 0.5
+        ramp = feather_weights(hard, feather)
+        ramp[hard] = 0.0
+        change = np.maximum(change, ramp)
+    return change.astype(np.float32)
+
+
+def change_map_to_image(change: np.ndarray) -> Image.Image:
+    """A change map as an 8-bit grey image: round(255 * value)."""
+    return Image.fromarray(np.rint(np.clip(change, 0.0, 1.0) * 255).astype(np.uint8), "L")
+
+
+def save_change_map(path: PathLike, change: np.ndarray, metadata: Optional[dict] = None) -> Path:
+    """Write a soft change map: ``.png`` grey (255 = 1) or ``.npy`` float32."""
+    check_mask_output(path)
+    if Path(path).suffix.lower() == ".npy":
+        return save_npy(path, np.asarray(change, dtype=np.float32))
+    return save_png(path, change_map_to_image(change), metadata)
+
+
 # ------------------------------------------------------------------------------------------ the whole mask
 
 def build_mask(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects: Iterable[Union[str, Rect]] = (),
@@ -383,6 +453,10 @@ class MaskSpec:
     def build(self, size_hw: SizeHW) -> np.ndarray:
         """The hard mask the model sees (bool (H, W), True = repaint)."""
         return build_mask(size_hw, self.path, self.parsed_rects, self.invert, self.grow)
+
+    def soft_map(self, size_hw: SizeHW) -> np.ndarray:
+        """The ``--soft`` change map (float (H, W) in [0, 1]), see :func:`soft_change_map`."""
+        return soft_change_map(size_hw, self.path, self.parsed_rects, self.invert, self.grow, self.feather)
 
     def blend_weights(self, mask: np.ndarray) -> np.ndarray:
         """Weights for :func:`paste_back` from the hard mask (see :func:`feather_weights`)."""

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import options
-from .core import InpaintRequest, canvas_and_mask, make_plan
+from .core import InpaintRequest, canvas_and_mask, check_mix_images, make_plan
 from .errors import UserError
 from .files import PathLike, check_writable_output, load_image
 from .masks import SizeHW, load_mask_file, rect_mask
@@ -87,7 +87,7 @@ def _resolve(base: Path, value: Optional[str]) -> Optional[Path]:
 def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_dir: Optional[Path] = None) -> Job:
     where = f"{source}: jobs[{index}]"
     for key in JOB_KEYS:
-        if options.BY_KEY[key].required and key not in values:
+        if options.BY_KEY[key].required and key not in values and not (key == "prompt" and values.get("mix")):
             raise UserError(f"{where}: missing required key {key!r}")
     if values.get("mask") is None and not values.get("mask_rects") and values.get("extend") is None:
         raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint), or 'extend'")
@@ -101,12 +101,27 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
         if fields[key] is not None and not fields[key].is_file():
             state = "not a file" if fields[key].exists() else "file not found"
             raise UserError(f"{where}.{key}: {state}: {fields[key]}")
+    fields["mix"] = _resolve_mix(base, fields["mix"], f"{where}.mix")
     if out_dir is None:
         out = fields["out"] if fields["out"] is not None else f"outputs/{fields['image'].stem}.png"
         fields["out"] = _resolve(base, out)
     else:
         fields["out"] = _resolve(out_dir, fields["out"] if fields["out"] is not None else f"{fields['image'].stem}.png")
     return Job(source, index, InpaintRequest(fields))
+
+
+def _resolve_mix(base: Path, mix, where: str):
+    """A --mix with its image paths resolved against ``base`` (the YAML file's folder, or the working directory in
+    folder mode) and checked to exist."""
+    items = []
+    for what, weight in mix or ():
+        if Path(what).suffix.lower() in options.IMAGE_SUFFIXES:
+            path = _resolve(base, what)
+            if not path.is_file():
+                raise UserError(f"{where}: {'not a file' if path.exists() else 'file not found'}: {path}")
+            what = str(path)
+        items.append((what, weight))
+    return tuple(items)
 
 
 def _check_outputs(jobs: List[Job]) -> None:
@@ -204,7 +219,7 @@ def check_job_inputs(job: Job) -> Tuple[SizeHW, Plan]:
             raise fail("mask", e) from None
     if job.invert_mask:
         mask = ~mask
-    if not mask.any() and job.extend is None:
+    if not mask.any() and job.extend is None and not job.soft:   # --soft: grey levels below 0.5 count too
         key = "invert_mask" if job.invert_mask else "mask"
         raise UserError(f"{job.where}.{key}: the mask selects no pixel: nothing to repaint")
     for key in ("image_embeds", "negative_image_embeds"):
@@ -217,6 +232,10 @@ def check_job_inputs(job: Job) -> Tuple[SizeHW, Plan]:
             if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.floating):
                 raise UserError(f"{job.where}.{key}: {path} holds a {array.dtype} array of shape {array.shape}; "
                                 f"expected float embeddings of shape (dim,) or (n, dim)")
+    try:
+        check_mix_images(job.mix)
+    except UserError as e:
+        raise fail("mix", e) from None
     for path in job.outputs + ([job.grid_path] if job.grid_path else []):
         try:
             check_writable_output(path)
@@ -266,8 +285,10 @@ def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
         if options.FOLDER not in options.BY_KEY[key].scopes:
             raise ValueError(f"folder mode has no option for {key!r}")
     checked = options.check_flags(given)
-    if "prompt" not in checked:
-        raise UserError("folder mode (--images) needs --prompt TEXT")
+    if "prompt" not in checked and not checked.get("mix"):
+        raise UserError("folder mode (--images) needs --prompt TEXT (or --mix)")
+    if checked.get("mix"):
+        checked["mix"] = _resolve_mix(Path(os.path.abspath(".")), checked["mix"], "--mix")
     mask_dir = Path(masks) if masks is not None else None
     if mask_dir is not None and checked.get("mask") is not None:
         raise UserError("give --masks DIR (one mask per image) or --mask FILE (one mask for all), not both")

@@ -172,7 +172,7 @@ def mask_command(
     import numpy as np
 
     from .files import load_image
-    from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_mask
+    from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_change_map, save_mask
     from .region import plan as region_plan
 
     values = {**_defaults_of(MASK_OPTIONS), **_given(values or {})}
@@ -192,19 +192,24 @@ def mask_command(
         size_hw = parse_size(size)  # type: ignore[arg-type]
     if (values["height"] is None) != (values["width"] is None):
         raise UserError("--height and --width go together: give both or neither")
-    spec = None
+    spec = change = None
     hard = np.zeros(size_hw, dtype=bool)
     if given_mask:
         spec = MaskSpec(path=values["mask"], rects=values["mask_rects"], invert=values["invert_mask"],
                         grow=values["grow"], feather=values["feather"])
-        hard = spec.build(size_hw)
+        change = spec.soft_map(size_hw) if values["soft"] else None
+        hard = spec.build(size_hw) if change is None else change > 0
     if extend is not None:
         hard = extend.pad(hard, True)
+        change = None if change is None else extend.pad(change, 1.0)
     plan = region_plan(hard.shape[::-1], hard, values["region"], values["region_padding"], values["resolution"],
                        values["height"], values["width"], feather=values["feather"], extend=extend)
     params = {"command": "mask", "image": str(image) if image is not None else None,
               "size": format_size(hard.shape), **(spec.parameters() if spec else {}), **plan.parameters()}
-    save_mask(out, hard, params)
+    if change is not None:   # --soft: the change map as grey levels (white = repainted from the first step)
+        save_change_map(out, change, {**params, "soft": True})
+    else:
+        save_mask(out, hard, params)
     pixels = int(hard.sum())
     if json_out:
         _print_json({"out": str(out), "size": list(hard.shape[::-1]), "pixels": pixels, **plan.parameters()})
@@ -347,8 +352,8 @@ def inpaint_command(
     job = _given({k: values.get(k) for k in options.JOB_KEYS})
     job["image"] = Path(options.check_value("image", str(image), "IMAGE"))
     job.setdefault("out", Path(f"{image.stem}-inpainted.png"))
-    if "prompt" not in job:
-        raise UserError("missing option '--prompt' (what to paint)")
+    if "prompt" not in job and not job.get("mix"):
+        raise UserError("missing option '--prompt' (what to paint), or --mix")
     engine = _engine(values)
     prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
     with _StepProgress() as progress:
@@ -653,7 +658,9 @@ def _plan_table(title: str, plan: List[Any]) -> Table:
     for column in ("job", "image", "mask", "prompt", "outputs", "settings"):
         table.add_column(column, overflow="fold")
     for job, size, run_plan, (seed, seed_source), skipped in plan:
-        prompt = escape(job.prompt)
+        prompt = escape(job.prompt or "")
+        if job.mix:
+            prompt += "\n[dim]mix: " + escape(", ".join(f"{what}={weight:g}" for what, weight in job.mix)) + "[/dim]"
         if job.negative_prompt:
             prompt += f"\n[dim]negative: {escape(job.negative_prompt)}[/dim]"
         mask = ([_show(job.mask)] if job.mask is not None else []) + list(job.mask_rects) \

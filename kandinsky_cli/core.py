@@ -81,7 +81,11 @@ class InpaintRequest(Settings):
     KEYS = options.JOB_KEYS
 
     def __init__(self, values):
-        super().__init__(values)
+        super().__init__({"prompt": None, **values})
+        if self.prompt is None and not self.mix:
+            raise UserError("missing option '--prompt' (what to paint), or --mix")
+        if self.variation_strength > 0 and self.variation_seed is None:
+            raise UserError("--variation-strength needs --variation-seed (the seed to vary towards)")
         if (self.image_embeds is None) != (self.negative_image_embeds is None):
             raise UserError("--image-embeds and --negative-image-embeds go together: give both or neither")
         if (self.height is None) != (self.width is None):
@@ -89,6 +93,11 @@ class InpaintRequest(Settings):
                             "size follows --resolution)")
         if self.out is None:
             raise UserError("no output file given (--out)")
+
+    @property
+    def decoder_prompt(self) -> str:
+        """The text the decoder reads: the prompt, or "" for a --mix without one (as diffusers' interpolate docs)."""
+        return "" if self.prompt is None else self.prompt
 
     @property
     def has_mask(self) -> bool:
@@ -115,7 +124,7 @@ class InpaintRequest(Settings):
                         feather=self.feather)
 
     def prior_request(self, seed: int) -> PriorRequest:
-        return PriorRequest({"prompt": self.prompt, "negative_prompt": self.negative_prompt,
+        return PriorRequest({"prompt": self.prompt, "negative_prompt": self.negative_prompt, "mix": self.mix,
                              "prior_steps": self.prior_steps, "prior_guidance_scale": self.prior_guidance_scale,
                              "num_images": self.num_images, "seed": seed})
 
@@ -337,6 +346,7 @@ class Kandinsky:
                             "to outpaint")
         for path in req.outputs + ([req.grid_path] if req.grid_path else []):
             check_writable_output(path)
+        check_mix_images(req.mix)
         image, mask, blend = canvas_and_mask(req)
         plan = make_plan(req, image.size, mask)
         embeddings = None
@@ -379,7 +389,7 @@ class Kandinsky:
         """Every text the decoder's text encoder will encode for these requests."""
         from .inpaint_pipeline import texts_to_encode
 
-        return [t for r in requests for t in texts_to_encode(r.prompt, r.negative_prompt, r.guidance_scale)]
+        return [t for r in requests for t in texts_to_encode(r.decoder_prompt, r.negative_prompt, r.guidance_scale)]
 
     def encode_texts(self, requests: Sequence[InpaintRequest]) -> None:
         """Encode (and cache) every text the requests' decoder runs need, with one load of the text encoder, which
@@ -390,7 +400,7 @@ class Kandinsky:
 
     def decode(self, job: Prepared, embeddings: Embeddings, progress: Progress = None) -> List[np.ndarray]:
         """The decoder's images, uint8 (H, W, 3) at the working size, one per output."""
-        from .noise import Noise
+        from .noise import make_noise
 
         req = job.request
         t0 = time.perf_counter()
@@ -408,19 +418,22 @@ class Kandinsky:
         if rows > 1 and req.num_images not in (1, rows):
             raise UserError(f"the embeddings hold {rows} rows but --num-images is {req.num_images}")
         if rows == 1:
-            prompts, per_prompt = req.prompt, req.num_images
+            prompts, per_prompt = req.decoder_prompt, req.num_images
         else:  # one output per embedding row, as diffusers' combined pipeline does after a prior run
-            prompts, per_prompt = [req.prompt] * rows, 1
+            prompts, per_prompt = [req.decoder_prompt] * rows, 1
             neg = np.repeat(neg, rows // neg.shape[0], axis=0)
         step = (lambda i, n: progress("decoder", i, n)) if progress else None
         image, mask = job.plan.crop(job.image, job.mask)
         width, height = job.plan.working_size
         compile_cache.set_hint(f"decoder {height}x{width} rows={rows * per_prompt} cfg={req.guidance_scale > 1.0}")
         t0 = time.perf_counter()
+        x0, y0, x1, y1 = job.plan.region_box
+        change = job.blend[y0:y1, x0:x1] if req.soft else None   # with --soft the blend weights are the change map
         images = decoder(prompts, image, mask_to_image(mask), emb, neg, negative_prompt=req.negative_prompt,
                          height=height, width=width, num_inference_steps=req.steps, scheduler=req.scheduler,
                          guidance_scale=req.guidance_scale, num_images_per_prompt=per_prompt,
-                         noise=Noise(job.seed), callback=step, timings=job.timings)
+                         noise=make_noise(job.seed, req.variation_seed, req.variation_strength), callback=step,
+                         timings=job.timings, strength=req.strength, change_map=change)
         job.timings["decoder_s"] = time.perf_counter() - t0
         self.counters["decoder_runs"] += 1
         return [to_uint8(im) for im in images]
@@ -428,10 +441,27 @@ class Kandinsky:
     def compose(self, job: Prepared, images: List[np.ndarray]) -> List[np.ndarray]:
         """The final pixels: pasted back into the canvas (everything outside the grown, feathered mask and outside
         the region box is the input's, bit for bit), or the raw model output with ``paste_back`` off."""
-        if not job.request.paste_back:
-            return images
+        req = job.request
         canvas = np.asarray(job.image)
-        return [job.plan.compose(canvas, image, job.blend) for image in images]
+        if not req.paste_back:
+            if req.color_match:   # the raw output as a whole, against the inpainted area of the canvas
+                from .colour import match_colours
+
+                x0, y0, x1, y1 = job.plan.region_box
+                region = canvas[y0:y1, x0:x1]
+                return [match_colours(image, region, np.ones(image.shape[:2], dtype=bool)) for image in images]
+            return images
+        composed = [job.plan.compose(canvas, image, job.blend) for image in images]
+        if req.color_match:
+            from .colour import match_to_original
+
+            added = None
+            if req.extend is not None:
+                e = req.extend
+                added = e.pad(np.zeros((canvas.shape[0] - e.top - e.bottom, canvas.shape[1] - e.left - e.right),
+                                       dtype=bool), True)
+            composed = [match_to_original(out, canvas, job.blend, added) for out in composed]
+        return composed
 
     def parameters(self, job: Prepared, count: int) -> dict:
         """Everything needed to reproduce the outputs, for the PNG metadata and the manifest."""
@@ -472,16 +502,28 @@ class Kandinsky:
         return self.run(self.prepare(req), progress, write)
 
 
+def check_mix_images(mix) -> None:
+    """Every image of a --mix opens (before any model loads)."""
+    for what, _ in mix or ():
+        if Path(what).suffix.lower() in options.IMAGE_SUFFIXES:
+            load_image(what)
+
+
 def canvas_and_mask(req: InpaintRequest) -> Tuple[Image.Image, np.ndarray, np.ndarray]:
     """(canvas, hard mask, paste-back weights) of a request: the input image with its mask, extended by --extend (the
-    margins join the mask and paste back whole; the original pixels blend as the user's feathered mask says)."""
+    margins join the mask and paste back whole; the original pixels blend as the user's feathered mask says).
+    With --soft the weights are the soft change map and the hard mask is where it is above 0."""
     from .masks import feather_weights
     from .region import extend_canvas
 
     image = load_image(req.image)
     size_hw = (image.height, image.width)
-    mask = req.mask_spec().build(size_hw) if req.has_mask else np.zeros(size_hw, dtype=bool)
-    blend = feather_weights(mask, req.feather) if req.has_mask else np.zeros(size_hw, dtype=np.float32)
+    if req.soft and req.has_mask:
+        blend = req.mask_spec().soft_map(size_hw)
+        mask = blend > 0
+    else:
+        mask = req.mask_spec().build(size_hw) if req.has_mask else np.zeros(size_hw, dtype=bool)
+        blend = feather_weights(mask, req.feather) if req.has_mask else np.zeros(size_hw, dtype=np.float32)
     if req.extend is None:
         return image, mask, blend
     canvas, mask = extend_canvas(image, mask if req.has_mask else None, req.extend, req.extend_fill)

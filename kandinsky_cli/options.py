@@ -74,6 +74,19 @@ def number(lo: float, hi: float) -> Callable[[Any], float]:
     return check
 
 
+def fraction(value: Any) -> float:
+    """A number in (0, 1]: ``--strength``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(f"must be a number above 0 and at most 1, got {describe(value)}")
+    if not math.isfinite(value) or not 0.0 < value <= 1.0:
+        raise Invalid(f"must be a number above 0 and at most 1, got {value}")
+    return float(value)
+
+
+fraction.range = (0.0, 1.0, None)   # type: ignore[attr-defined]
+fraction.range_doc = "(0, 1]"       # type: ignore[attr-defined]
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"must be true or false, got {describe(value)}")
@@ -251,6 +264,8 @@ class Option:
             return " \\| ".join(self.check.choices)   # type: ignore[attr-defined]
         if rng is None:
             return ""
+        if getattr(self.check, "range_doc", None):
+            return self.check.range_doc   # type: ignore[attr-defined]
         lo, hi, multiple = rng
         text_ = f"{lo:g} .. {hi:g}" if hi is not None else f">= {lo:g}"
         if isinstance(lo, int):
@@ -298,6 +313,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("feather", integer(0), 0,
            "Blend the result into the original over N pixels outside the repaint area (the model still sees the "
            "hard mask); farther pixels stay the original, bit for bit.", _scopes(JOB, FOLDER, MASK), int, "N"),
+    Option("soft", boolean, False,
+           "Soft inpainting (differential diffusion): the mask's grey levels (grey PNG, float .npy, the --feather "
+           "ramp) are a change map; 1 repaints from the first step, lower values join later, 0 keeps. Without it a "
+           "mask is binary at 0.5.", _scopes(JOB, FOLDER, MASK), bool),
     # -- the prior
     Option("image_embeds", optional(path((".npy",))), None,
            "Image embeddings from `kandinsky prior` (skips the prior; with --negative-image-embeds).",
@@ -309,8 +328,8 @@ OPTIONS: Tuple[Option, ...] = (
            _scopes(JOB, FOLDER, PRIOR), float, "G", aliases=("--prior-guidance",)),
     Option("mix", mix_items, (),
            "Mix prompts and images (.png/.jpg/.webp paths) with weights, as diffusers' interpolate(); repeatable. "
-           "The prompt, if given, joins the mix with weight 1.", _scopes(PRIOR), List[str], "TEXT_OR_IMAGE=WEIGHT",
-           repeatable=True),
+           "The prompt, if given, joins the mix with weight 1 (inpaint: optional with --mix; the decoder then reads "
+           "an empty text).", _scopes(JOB, FOLDER, PRIOR), List[str], "TEXT_OR_IMAGE=WEIGHT", repeatable=True),
     # -- the decoder
     Option("scheduler", choice(SCHEDULERS), "dpmpp-2m",
            "Decoder sampler, each equal to diffusers' with that scheduler: ddim (the decoder folder's own; with "
@@ -320,6 +339,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("steps", integer(1, 1000), 25, "Decoder steps (of --scheduler).", _scopes(JOB, FOLDER), int, "N"),
     Option("guidance_scale", number(0.0, 100.0), 4.0, "Decoder classifier-free guidance (> 1 turns it on).",
            _scopes(JOB, FOLDER), float, "G", aliases=("--guidance",)),
+    Option("strength", fraction, 1.0,
+           "How much the masked area may change: below 1 the decoder starts from the image's own latents noised to "
+           "this point of the schedule and runs the last int(steps x S) steps (at least one); 1: from pure noise.",
+           _scopes(JOB, FOLDER), float, "S"),
     Option("resolution", integer(64, 4096), 768,
            "Without --height/--width, the working size keeps the aspect ratio of what is inpainted (the image, or "
            "the region) with an area close to R x R, both sides multiples of 64 (a square input: R x R).",
@@ -348,6 +371,12 @@ OPTIONS: Tuple[Option, ...] = (
     Option("seed", optional(integer(0, SEED_MAX)), None,
            "Noise seed (numpy default_rng; the same result on CPU, GPU and Ascend). Default: random, reported "
            "(in a batch: derived from --base-seed and the job's index).", _scopes(JOB, FOLDER, PRIOR), int, "N"),
+    Option("variation_seed", optional(integer(0, SEED_MAX)), None,
+           "Seed variations: the initial noise is the slerp from the seed's noise to this seed's (image k of "
+           "--num-images: this seed + k) by --variation-strength.", _scopes(JOB, FOLDER), int, "N"),
+    Option("variation_strength", number(0.0, 1.0), 0.0,
+           "How far towards the variation seed's noise (0: exactly the seed's image; needs --variation-seed).",
+           _scopes(JOB, FOLDER), float, "W"),
     # -- the output
     Option("out", optional(path((".png",))), None,
            "Output PNG; several images: OUT-1.png ... OUT-N.png. Default: IMAGE-inpainted.png here "
@@ -356,6 +385,9 @@ OPTIONS: Tuple[Option, ...] = (
            "Resize the result to the input's size and keep every pixel outside the (grown, feathered) mask from the "
            "input, bit for bit; off: the raw model output at the working size.", _scopes(JOB, FOLDER), bool,
            negatable=True),
+    Option("color_match", boolean, False,
+           "Match the colours of the repainted area to the original's there (histogram matching in LAB, "
+           "scikit-image); other pixels unchanged.", _scopes(JOB, FOLDER), bool),
     Option("save_grid", boolean, False, "Also write OUT-grid.png: input | mask | outputs.", _scopes(JOB, FOLDER),
            bool),
     # -- the engine

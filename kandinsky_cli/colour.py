@@ -10,6 +10,7 @@ pixel is left as it is, bit for bit.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -28,7 +29,9 @@ def match_colours(image: np.ndarray, reference: np.ndarray, region: np.ndarray) 
         return image.copy()
     source = rgb2lab(image[region].reshape(1, -1, 3))
     matched = match_histograms(source, rgb2lab(reference), channel_axis=-1)
-    rgb = np.clip(lab2rgb(matched), 0.0, 1.0)
+    with warnings.catch_warnings():   # matched LAB values outside the sRGB gamut are clipped, as lab2rgb says
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = np.clip(lab2rgb(matched), 0.0, 1.0)
     out = image.copy()
     out[region] = np.rint(rgb.reshape(-1, 3) * 255).astype(np.uint8)
     return out

@@ -298,6 +298,8 @@ class Kandinsky:
         if not todo:
             return
         self.check_embedding_widths()
+        if self._decoder is None:
+            model_io.prefetch(self.root("decoder"))    # read the decoder's weights while the prior computes
         if self._prior is None and self.prior_in_child():
             from .prior_process import run_prior_in_child
 

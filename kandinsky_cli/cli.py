@@ -99,6 +99,7 @@ app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,     # plain help: option names are never cut and the text wraps at any width
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

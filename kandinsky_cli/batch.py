@@ -39,7 +39,7 @@ from . import __version__
 from .batchfile import Job, check_job_inputs
 from .errors import UserError
 from .files import to_json
-from .interrupts import Interrupts  # noqa: F401  (the runner defers them while writing)
+from .interrupts import Interrupts, note_written  # the runner defers interrupts while writing
 
 MANIFEST_NAME = "manifest.jsonl"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -159,6 +159,7 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.lines = 0   # lines this object appended (for the exit line of an interrupted batch)
 
     def append(self, records: Sequence[dict]) -> None:
         if not records:
@@ -176,6 +177,7 @@ class Manifest:
                 while written < len(data):   # a short write to a regular file: only when the disk is full
                     written += os.write(fd, data[written:])
                 os.fsync(fd)
+                self.lines += len(records)
             finally:
                 os.close(fd)   # also releases the lock
         except OSError as e:
@@ -359,6 +361,7 @@ class BatchRunner:
             outcome = JobOutcome(job, DONE, seed, seed_source, list(result.outputs), None, timings["job_s"], timings)
             self.manifest.append([self._record(outcome, started, result.parameters, path, k)
                                   for k, path in enumerate(result.outputs, 1)])
+            note_written(result.outputs + ([result.grid] if result.grid else []))
             return outcome
         finally:
             self.interrupts.resume()

@@ -60,6 +60,7 @@ class _Group(TyperGroup):
 
     def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        interrupts.reset()
         with warnings.catch_warnings():
             warnings.showwarning = _warnings_as_lines(warnings.showwarning)
             try:
@@ -205,6 +206,7 @@ def mask_command(
     params = {"command": "mask", "image": str(image) if image is not None else None,
               "size": format_size(hard.shape), **(spec.parameters() if spec else {}), **plan.parameters()}
     save_mask(out, hard, params)
+    interrupts.note_written([out])
     pixels = int(hard.sum())
     if json_out:
         _print_json({"out": str(out), "size": list(hard.shape[::-1]), "pixels": pixels, **plan.parameters()})
@@ -243,6 +245,7 @@ def grid_command(
     rows, cols = grid_shape(len(images), rows, cols)
     grid = make_image_grid([load_grid_input(p) for p in images], rows, cols)
     save_image(out, grid, {"command": "grid", "images": [str(p) for p in images], "rows": rows, "cols": cols})
+    interrupts.note_written([out])
     stdout.print(f"wrote {escape(str(out))}: {rows}x{cols} grid, {grid.width}x{grid.height} pixels")
 
 
@@ -600,8 +603,9 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
 
     started = time.perf_counter()
     interrupted = False
-    with Interrupts() as interrupts, _BatchProgress() as progress:
-        runner = BatchRunner(engine, Manifest(manifest_path), shard, base_seed, overwrite, progress, interrupts)
+    manifest = Manifest(manifest_path)
+    with Interrupts() as signals, _BatchProgress() as progress:
+        runner = BatchRunner(engine, manifest, shard, base_seed, overwrite, progress, signals)
         try:
             runner.run(mine)
         except KeyboardInterrupt:
@@ -620,10 +624,14 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
     console.print(f"{tally['done']} done, {tally['skipped']} skipped, {tally['failed']} failed of {len(mine)} "
                   f"job(s); manifest: {escape(_show(manifest_path))}", soft_wrap=True)
     if interrupted:
-        interrupts.reported = True
-        stderr.print(f"[red]interrupted[/red] after {len(outcomes)} of {len(mine)} jobs; rerun the same command "
-                     f"to finish (finished outputs are kept and skipped)")
-        return 130
+        interrupts.reported = True   # the module's flag: the exit path prints no second line
+        wrote = interrupts.written_text([_show(Path(p)) for p in interrupts.written])
+        if manifest.lines:
+            wrote = ("wrote no output, " if not interrupts.written else wrote + " and ") \
+                + f"{manifest.lines} line(s) of the manifest {_show(manifest_path)}"
+        stderr.print(f"[red]interrupted[/red] after {len(outcomes)} of {len(mine)} jobs: {escape(wrote)}; rerun the "
+                     f"same command to finish (finished outputs are kept and skipped)", soft_wrap=True)
+        return interrupts.EXIT_INTERRUPTED
     if tally["failed"] and os.environ.get("MS_ROLE") == "MS_WORKER":
         # msrun kills every other worker as soon as one exits non-zero: a failed job must not stop the others.
         stderr.print(f"[yellow]warning:[/yellow] {tally['failed']} job(s) failed (see above and the manifest); this "

@@ -265,10 +265,48 @@ def test_sigterm_stops_promptly_and_writes_nothing_partial(tmp_path, batch):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (seen, stdout, stderr)
     assert time.perf_counter() - t0 < 60
-    assert "interrupted after 1 of 2 jobs; rerun the same command to finish" in stderr
+    assert "interrupted after 1 of 2 jobs: wrote no output, 1 line(s) of the manifest" in stderr
+    assert stderr.rstrip().endswith("rerun the same command to finish (finished outputs are kept and skipped)")
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["manifest.jsonl"]   # no output, no temporary file
     assert [r["status"] for r in read_manifest(tmp_path / "out" / "manifest.jsonl")] == ["failed"]
+
+
+def _tiny_images(folder, count):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_batch_says_what_it_wrote(tmp_path, sig):
+    """Stopped after two finished jobs: exit 130, and the last line names exactly the files on disk."""
+    _tiny_images(tmp_path / "imgs", 6)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*kandinsky_command(), "batch", "--images", str(tmp_path / "imgs"), "--mask-rect",
+                             "0:20,0:20", "--prompt", "x", "--seed", "1", *TINY, "--out-dir", str(out), *MODELS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if sum(" done: " in s for s in seen) == 2:
+            break
+    proc.send_signal(sig)
+    stdout, rest = proc.communicate(timeout=120)
+    lines = [line for line in (seen + rest.splitlines()) if line.strip()]
+    assert proc.returncode == 130, (lines, stdout)
+    assert "Traceback" not in rest and "nothing was written" not in rest, rest
+    last = lines[-1]
+    on_disk = sorted(p.name for p in out.iterdir())
+    pngs_on_disk = [name for name in on_disk if name.endswith(".png")]
+    assert len(pngs_on_disk) >= 2 and on_disk == sorted(pngs_on_disk + ["manifest.jsonl"]), on_disk
+    assert last.startswith(f"interrupted after {len(pngs_on_disk)} of 6 jobs: wrote "), last
+    assert all(f"out/{name}" in last for name in pngs_on_disk), (last, on_disk)
+    records = read_manifest(out / "manifest.jsonl")
+    assert f"and {len(records)} line(s) of the manifest out/manifest.jsonl" in last, last
+    assert sorted(Path(r["output"]).name for r in records) == pngs_on_disk
 
 
 # ------------------------------------------------------------------------------------------ no models

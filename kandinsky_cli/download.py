@@ -34,6 +34,7 @@ from tqdm.std import tqdm
 
 from .options import DTYPES
 from .errors import UserError
+from .interrupts import note_written
 from .model_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, looks_like_hub_id
 
 MODEL_INDEX = "model_index.json"
@@ -194,11 +195,13 @@ def _download(repo_id: str, revision: Optional[str], dtype: str, console) -> Sna
     resolved = api.resolve_revision(repo_id, revision=revision)   # also records branch -> commit in the cache
     files = _pipeline_files(repo_id, _repo_files(api, repo_id, resolved.resolved), dtype)
     folder = _snapshot_folder(repo_id, resolved.resolved)
-    if _missing(folder, files):
+    missing = _missing(folder, files)
+    if missing:
         patterns = [glob.escape(f) for f in files]   # exact names: allow_patterns are fnmatch patterns
         with progress_bars(console) as bars:
             _interruptible(lambda: snapshot_download(repo_id, revision=resolved, allow_patterns=patterns,
                                                      tqdm_class=bars))
+        note_written([f"{len(missing)} file(s) of {repo_id} into the Hugging Face cache"])
     return _snapshot(repo_id, folder, files, str(resolved), resolved.resolved)   # str: the branch asked, or "main"
 
 

@@ -176,23 +176,23 @@ def mask_command(
     from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_mask
     from .region import plan as region_plan
 
-    values = {**_defaults_of(MASK_OPTIONS), **_given(values or {})}
+    given = _given(values or {})
+    values = {**_defaults_of(MASK_OPTIONS), **given}
     check_mask_output(out)
     if image is not None and size is not None:
         raise UserError("give either IMAGE or --size, not both: the mask has the size of the image")
     if image is None and size is None:
         raise UserError("the mask needs a size: give an IMAGE or --size WIDTHxHEIGHT (e.g. --size 768x768)")
     extend = values["extend"]
-    given_mask = values["mask"] is not None or bool(values["mask_rects"])
-    if not given_mask and extend is None:
-        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend")
+    given_mask = options.has_mask(values)
+    options.check_mask_given(values)
+    options.check_pairs(values)
+    _warn_ignored(values, given)
     if image is not None:
         loaded = load_image(image)
         size_hw = (loaded.height, loaded.width)
     else:
         size_hw = parse_size(size)  # type: ignore[arg-type]
-    if (values["height"] is None) != (values["width"] is None):
-        raise UserError("--height and --width go together: give both or neither")
     spec = None
     hard = np.zeros(size_hw, dtype=bool)
     if given_mask:
@@ -215,6 +215,12 @@ def mask_command(
     stdout.print(f"wrote {escape(str(out))}: {format_size(hard.shape)}, {pixels} pixels to repaint "
                  f"({100.0 * hard.mean():.1f}%); working size {width}x{height}, region {plan.region} "
                  f"box {list(plan.region_box)}")
+
+
+def _warn_ignored(values: dict, given) -> None:
+    """One ``warning:`` line per option the user gave that others make ineffective (options.ignored)."""
+    for conflict in options.ignored(values, given):
+        warnings.warn(options.IgnoredOption(str(conflict)))
 
 
 def _defaults_of(opts) -> dict:
@@ -352,6 +358,9 @@ def inpaint_command(
     job.setdefault("out", Path(f"{image.stem}-inpainted.png"))
     if "prompt" not in job:
         raise UserError("missing option '--prompt' (what to paint)")
+    options.check_pairs(job)
+    options.check_mask_given(job)
+    _warn_ignored({**options.defaults(options.JOB_KEYS), **job}, job)
     engine = _engine(values)
     prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
     with _StepProgress() as progress:

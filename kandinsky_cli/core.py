@@ -69,6 +69,7 @@ class PriorRequest(Settings):
         super().__init__({"prompt": None, **values})
         if not self.mix and self.prompt is None:
             raise UserError("no prompt given: give PROMPT (or --prompt), or --mix")
+        options.check_mix(self.prompt, self.mix)
 
     def cache_key(self) -> tuple:
         return tuple(sorted(self.values().items()))
@@ -81,18 +82,14 @@ class InpaintRequest(Settings):
 
     def __init__(self, values):
         super().__init__(values)
-        if (self.image_embeds is None) != (self.negative_image_embeds is None):
-            raise UserError("--image-embeds and --negative-image-embeds go together: give both or neither")
-        if (self.height is None) != (self.width is None):
-            raise UserError("--height and --width go together: give both or neither (without them the working "
-                            "size follows --resolution)")
+        options.check_pairs(self.values())
         if self.out is None:
             raise UserError("no output file given (--out)")
 
     @property
     def has_mask(self) -> bool:
         """A mask file or rectangles were given (with --extend alone the margins are the mask)."""
-        return self.mask is not None or bool(self.mask_rects)
+        return options.has_mask(self.values())
 
     @property
     def uses_prior(self) -> bool:
@@ -327,9 +324,7 @@ class Kandinsky:
     def prepare(self, req: InpaintRequest) -> Prepared:
         """Read and check every input of a request and its output locations, find the model folders (downloading
         hub ids) and check that the run fits in memory; no network is built."""
-        if not req.has_mask and req.extend is None:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend "
-                            "to outpaint")
+        options.check_mask_given(req.values())
         for path in req.outputs + ([req.grid_path] if req.grid_path else []):
             check_writable_output(path)
         image, mask, blend = canvas_and_mask(req)

@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 
 from .errors import UserError
 from .masks import MAX_SIDE, paste_back
-from .options import EXTEND_FILLS as FILLS, REGIONS
+from .options import EXTEND_FILLS as FILLS, REGIONS, check_pairs
 
 SizeWH = Tuple[int, int]
 Box = Tuple[int, int, int, int]
@@ -204,9 +204,7 @@ def plan(image_size: SizeWH, mask: np.ndarray, region: str = "full", padding: in
     ``extend`` is only recorded (the canvas and mask are already extended, see :func:`extend_canvas`).
     """
     check_options(region, padding, resolution)
-    if (height is None) != (width is None):
-        raise UserError("--height and --width go together: give both or neither "
-                        "(without them the working size follows --resolution)")
+    check_pairs({"height": height, "width": width})
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (image_size[1], image_size[0]):
         raise ValueError(f"a mask of shape {mask.shape} for a {image_size[0]}x{image_size[1]} image")
@@ -262,7 +260,8 @@ class Extend:
 
 
 def parse_extend(value: Union[str, Mapping]) -> Extend:
-    """``'top=N,right=N,bottom=N,left=N'`` (any subset, N >= 0, at least one > 0), or the same as a mapping."""
+    """``'top=N,right=N,bottom=N,left=N'`` (any subset, N >= 0, at least one > 0), the same as a mapping, or a list of
+    such specs (repeated flags), merged: a side may be given once in all of them."""
     sides = {}
     for side, number in _extend_pairs(value):
         if side not in SIDES:
@@ -279,6 +278,10 @@ def parse_extend(value: Union[str, Mapping]) -> Extend:
 def _extend_pairs(value):
     if isinstance(value, Mapping):
         return [(str(side).strip(), number) for side, number in value.items()]
+    if isinstance(value, (list, tuple)):   # repeated --extend flags (or a YAML list of specs): their sides merged
+        if not value:
+            raise _bad_extend(value, "nothing given")
+        return [pair for item in value for pair in _extend_pairs(item)]
     if not isinstance(value, str) or not value.strip():
         raise _bad_extend(value, "nothing given")
     pairs = []
@@ -300,7 +303,8 @@ def _margin(value, side: str, number) -> int:
 
 
 def _bad_extend(value, reason: str) -> UserError:
-    return UserError(f"bad extend {value!r}: {reason}; {_EXTEND_SYNTAX}")
+    shown = ", ".join(map(repr, value)) if isinstance(value, (list, tuple)) and value else repr(value)
+    return UserError(f"bad extend {shown}: {reason}; {_EXTEND_SYNTAX}")
 
 
 def _fill(pixels: np.ndarray, extend: Extend, fill: str) -> np.ndarray:

@@ -411,7 +411,7 @@ def test_out_dir_resolves_outputs(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--shard", "2/2"], "bad --shard"),
     (["--shard", "auto"], "--shard auto"),
-    (["--images", "{d}", "--out-dir", "{d}/o", "--prompt", "x"], "needs a mask"),
+    (["--images", "{d}", "--out-dir", "{d}/o", "--prompt", "x"], "no mask given"),
     (["--images", "{d}", "--mask-rect", "0:1,0:1", "--prompt", "x"], "needs --out-dir"),
     (["--images", "{d}", "--mask-rect", "0:1,0:1", "--out-dir", "{d}/o"], "needs --prompt"),
     (["--images", "{d}", "--mask-rect", "0:1,0:1", "--prompt", "x", "--out-dir", "{d}/o", "--height", "100"],

@@ -106,3 +106,162 @@ def test_batch_check_names_an_output_that_cannot_be_written(work):
     (work / "jobs.yaml").write_text('jobs:\n  - {image: in.png, mask_rects: ["0:9,0:9"], prompt: x, out: o.png}\n')
     result = runner.invoke(app, ["batch", str(work / "jobs.yaml"), "--check"])
     one_error_line(result, "jobs[0].out: ")
+
+
+# ------------------------------------------------------------------------------------------ rules between options
+
+def warning_lines(result):
+    return [line for line in result.output.splitlines() if line.startswith("warning:")]
+
+
+def folder_args(work, *extra):
+    return ["batch", "--images", str(work), "--prompt", "x", "--out-dir", str(work / "out"), "--check", *extra]
+
+
+def write_jobs(work, body, defaults=""):
+    (work / "jobs.yaml").write_text((f"defaults: {{{defaults}}}\n" if defaults else "") + "jobs:\n" + body)
+    return str(work / "jobs.yaml")
+
+
+def job_line(extra=""):
+    return f"  - {{image: in.png, prompt: x{', ' if extra else ''}{extra}}}\n"
+
+
+@pytest.mark.parametrize("masks", ["", "mask_rects: []"])
+def test_no_mask_is_one_rule_everywhere(work, masks):
+    """Nothing to repaint: the same rule and words (flags or keys) in every entry point."""
+    one_error_line(runner.invoke(app, ["inpaint", str(work / "in.png"), "--prompt", "x"]),
+                   "no mask given (what to repaint): give --mask-rect and/or --mask, or --extend")
+    one_error_line(runner.invoke(app, ["mask", str(work / "in.png"), "--out", str(work / "m.png")]),
+                   "no mask given (what to repaint): give --mask-rect and/or --mask, or --extend")
+    one_error_line(runner.invoke(app, folder_args(work)), "give --mask-rect and/or --mask, or --masks DIR")
+    one_error_line(runner.invoke(app, ["batch", write_jobs(work, job_line(masks)), "--check"]),
+                   "jobs.yaml: jobs[0]: no mask given (what to repaint): give mask_rects and/or mask, or extend")
+    assert files_in(work) == ["in.png", "jobs.yaml"]
+
+
+@pytest.mark.parametrize("spec", ["top=8", "left=16,right=8", "bottom=1"])
+def test_margins_alone_are_the_mask_everywhere(work, spec):
+    result = runner.invoke(app, folder_args(work, "--extend", spec))
+    assert result.exit_code == 0 and "ok" in result.output, result.output
+    result = runner.invoke(app, ["batch", write_jobs(work, job_line(f"extend: '{spec}'")), "--check"])
+    assert result.exit_code == 0 and "ok" in result.output, result.output
+    result = runner.invoke(app, ["mask", str(work / "in.png"), "--extend", spec, "--out", str(work / "m.png")])
+    assert result.exit_code == 0, result.output
+    # inpaint gets past every input check: the first error is the missing model folder
+    no_rect = [a for a in inpaint_args(work) if a not in ("--mask-rect", "0:9,0:9")]
+    result = runner.invoke(app, no_rect + ["--extend", spec])
+    assert result.exit_code == 2 and "no-prior" in result.output and "mask" not in result.output, result.output
+
+
+@pytest.mark.parametrize("flags, keys, words", [
+    (["--height", "64"], "height: 64", "height and width go together"),
+    (["--width", "128", "--resolution", "512"], "width: 128, resolution: 512", "height and width go together"),
+])
+def test_pairs_are_worded_for_the_entry_point(work, flags, keys, words):
+    flagged = words.replace("height", "--height").replace("width", "--width")
+    one_error_line(runner.invoke(app, inpaint_args(work, *flags)), flagged)
+    one_error_line(runner.invoke(app, ["mask", str(work / "in.png"), "--mask-rect", "0:9,0:9", *flags, "--out",
+                                       str(work / "m.png")]), flagged)
+    one_error_line(runner.invoke(app, folder_args(work, "--mask-rect", "0:9,0:9", *flags)), flagged)
+    result = runner.invoke(app, ["batch", write_jobs(work, job_line(f"mask_rects: ['0:9,0:9'], {keys}")), "--check"])
+    one_error_line(result, f"jobs.yaml: jobs[0]: {words}: give both or neither (without them the working size "
+                           f"follows resolution)")
+    assert " --" not in result.output
+    for half in ("image_embeds", "negative_image_embeds"):
+        np.save(work / "e.npy", np.zeros((1, 8), np.float32))
+        one_error_line(runner.invoke(app, inpaint_args(work, "--" + half.replace("_", "-"), str(work / "e.npy"))),
+                       "--image-embeds and --negative-image-embeds go together")
+        result = runner.invoke(app, ["batch", write_jobs(work, job_line(f"mask_rects: ['0:9,0:9'], {half}: e.npy")),
+                                     "--check"])
+        one_error_line(result, "jobs.yaml: jobs[0]: image_embeds and negative_image_embeds go together")
+
+
+@pytest.mark.parametrize("flags, side", [
+    (["--extend", "left=16", "--extend", "left=8"], "left"),
+    (["--extend", "top=4,right=2", "--extend", "bottom=1,right=3"], "right"),
+    (["--extend", "top=1,top=2"], "top"),
+])
+def test_a_side_given_twice_is_refused_in_every_command(work, flags, side):
+    one_error_line(runner.invoke(app, inpaint_args(work, *flags)), f"side {side} is given twice")
+    one_error_line(runner.invoke(app, folder_args(work, *flags)), f"side {side} is given twice")
+    one_error_line(runner.invoke(app, ["mask", str(work / "in.png"), *flags, "--out", str(work / "m.png")]),
+                   f"side {side} is given twice")
+
+
+@pytest.mark.parametrize("flags, size", [
+    (["--extend", "left=16", "--extend", "right=8"], "88x64"),
+    (["--extend", "top=4", "--extend", "bottom=6,left=1", "--extend", "right=2"], "67x74"),
+])
+def test_repeated_extend_flags_merge_their_sides(work, flags, size):
+    result = runner.invoke(app, ["mask", str(work / "in.png"), *flags, "--out", str(work / "m.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    width, height = map(int, size.split("x"))
+    assert Image.open(work / "m.png").size == (width, height)
+    result = runner.invoke(app, folder_args(work, *flags))
+    assert result.exit_code == 0 and size in result.output, result.output
+
+
+@pytest.mark.parametrize("mix, words", [
+    (["a cat=0", "a dog=0"], "are all zero"),
+    (["a cat=0"], "are all zero"),
+    (["a cat=1", "a dog=-1"], "sum to 0"),
+    (["a cat=0.25", "a dog=0.5", "a cow=-0.75"], "sum to 0"),
+])
+def test_mix_weights_that_sum_to_zero_are_refused(work, mix, words):
+    args = [a for item in mix for a in ("--mix", item)]
+    result = runner.invoke(app, ["prior", *args, "--prior-model", str(work / "none"), "--out-dir", str(work)])
+    one_error_line(result, f"the weights of --mix {words}")
+    # with a prompt (weight 1) the same weights no longer cancel, unless they make -1
+    with_prompt = runner.invoke(app, ["prior", "a hat", *args, "--mix", "a fox=-1", "--prior-model",
+                                      str(work / "none"), "--out-dir", str(work)])
+    one_error_line(with_prompt, "the weights of --mix (with the prompt's 1) sum to 0")
+    fine = runner.invoke(app, ["prior", "a hat", *args, "--prior-model", str(work / "none"), "--out-dir", str(work)])
+    assert fine.exit_code == 2 and "--mix" not in fine.output and "none" in fine.output, fine.output
+
+
+IGNORED = [  # flags, YAML keys, the option named as ignored
+    (["--resolution", "512", "--height", "64", "--width", "64"], "resolution: 512, height: 64, width: 64",
+     "resolution"),
+    (["--region-padding", "8"], "region_padding: 8", "region-padding"),
+    (["--region", "full", "--region-padding", "8"], "region: full, region_padding: 8", "region-padding"),
+    (["--extend-fill", "blur"], "extend_fill: blur", "extend-fill"),
+]
+
+
+@pytest.mark.parametrize("flags, keys, flag", IGNORED)
+def test_ignored_options_get_one_warning_line(work, flags, keys, flag):
+    key = flag.replace("-", "_")
+    result = runner.invoke(app, folder_args(work, "--mask-rect", "0:9,0:9", *flags))
+    assert result.exit_code == 0, result.output
+    (line,) = warning_lines(result)
+    assert line.startswith(f"warning: --{flag} is ignored"), line
+    result = runner.invoke(app, ["batch", write_jobs(work, job_line("mask_rects: ['0:9,0:9']") +
+                                                     job_line(f"mask_rects: ['0:9,0:9'], {keys}, out: b.png")),
+                                 "--check"])
+    assert result.exit_code == 0, result.output
+    (line,) = warning_lines(result)
+    assert line.startswith(f"warning: {work / 'jobs.yaml'}: jobs[1]: {key} is ignored") and " --" not in line, line
+    result = runner.invoke(app, inpaint_args(work, *flags))
+    assert result.exit_code == 2 and len(warning_lines(result)) == 1, result.output
+    assert warning_lines(result)[0].startswith(f"warning: --{flag} is ignored")
+
+
+def test_ignored_keys_of_defaults_are_named_once(work):
+    body = job_line("mask_rects: ['0:9,0:9']") + job_line("mask_rects: ['0:9,0:9'], out: b.png")
+    result = runner.invoke(app, ["batch", write_jobs(work, body, defaults="extend_fill: noise"), "--check"])
+    assert result.exit_code == 0
+    (line,) = warning_lines(result)
+    assert f"jobs.yaml: defaults: extend_fill is ignored without extend" in line and "(in every job)" in line
+    # where one job uses it, a default is no mistake
+    body = job_line("mask_rects: ['0:9,0:9']") + job_line("extend: {left: 8}, out: b.png")
+    result = runner.invoke(app, ["batch", write_jobs(work, body, defaults="extend_fill: noise"), "--check"])
+    assert result.exit_code == 0 and warning_lines(result) == [], result.output
+
+
+def test_defaults_that_were_not_given_are_not_warned_about(work):
+    result = runner.invoke(app, folder_args(work, "--mask-rect", "0:9,0:9", "--height", "64", "--width", "64"))
+    assert result.exit_code == 0 and warning_lines(result) == [], result.output
+    result = runner.invoke(app, ["batch", write_jobs(work, job_line("mask_rects: ['0:9,0:9'], height: 64, "
+                                                                    "width: 64")), "--check"])
+    assert result.exit_code == 0 and warning_lines(result) == [], result.output

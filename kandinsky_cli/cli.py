@@ -55,12 +55,30 @@ def _warnings_as_lines(show_other: Callable[..., None]) -> Callable[..., None]:
     return show
 
 
+#: What lowers the memory a command needs, for the "out of memory" line (commands without a model: none).
+MEMORY_ADVICE = {
+    "inpaint": "a smaller working size (--resolution, or --height/--width; --region mask for a small mask on a "
+               "large image) or fewer --num-images",
+    "batch": "smaller working sizes (the jobs' resolution, or height/width; region: mask) or fewer num_images",
+    "prior": "fewer --num-images",
+}
+EXIT_OUT_OF_MEMORY = 1
+
+
 class _Group(TyperGroup):
     """The app's command group: one ``error:`` line and exit code 2 for every bad input."""
+
+    command_name: Optional[str] = None
+
+    def resolve_command(self, ctx: Any, args: List[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        type(self).command_name = name
+        return name, command, rest
 
     def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         interrupts.reset()
+        type(self).command_name = None
         with warnings.catch_warnings():
             warnings.showwarning = _warnings_as_lines(warnings.showwarning)
             try:
@@ -82,8 +100,10 @@ class _Group(TyperGroup):
             except (MemoryError, RuntimeError) as e:
                 if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
                     raise
-                _fail("out of memory: the model does not fit at this size; try a smaller --height/--width, "
-                      "--dtype float16, or fewer --num-images", 1)
+                advice = MEMORY_ADVICE.get(type(self).command_name or "")
+                _fail("out of memory: this run needs more memory than the machine has free"
+                      + (f"; the model's working memory grows with the working size: try {advice}" if advice else
+                         "; free some memory and run it again"), EXIT_OUT_OF_MEMORY)
         code = rv if isinstance(rv, int) else 0
         if code == interrupts.EXIT_INTERRUPTED:   # Click's own Ctrl-C handling, or the batch's report
             interrupts.exit_interrupted("" if interrupts.reported else None)

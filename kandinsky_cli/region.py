@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .errors import UserError
+from .files import check_pixels
 from .masks import MAX_SIDE, paste_back
 from .options import EXTEND_FILLS as FILLS, REGIONS, check_pairs
 
@@ -241,7 +242,12 @@ class Extend:
         return {side: getattr(self, side) for side in SIDES}
 
     def canvas_size(self, image_size: SizeWH) -> SizeWH:
-        return image_size[0] + self.left + self.right, image_size[1] + self.top + self.bottom
+        """The extended size; a UserError when it breaks the image size policy (files.check_pixels), before any
+        pixel of it exists."""
+        size = image_size[0] + self.left + self.right, image_size[1] + self.top + self.bottom
+        margins = ",".join(f"{side}={n}" for side, n in self.as_dict().items() if n)
+        check_pixels(size, f"the extended canvas (the {image_size[0]}x{image_size[1]} image plus margins {margins})")
+        return size
 
     def inner(self, image_size: SizeWH) -> Tuple[slice, slice]:
         """Where the original image lies on the canvas, as (rows, cols) slices."""
@@ -253,6 +259,7 @@ class Extend:
         The blend weights of an extended run are ``extend.pad(weights, 1.0)``: the margins are taken from the
         model whole and the original pixels blend as the user's mask says (feather included)."""
         array = np.asarray(array)
+        self.canvas_size((array.shape[1], array.shape[0]))   # the size policy, before the canvas is allocated
         widths = ((self.top, self.bottom), (self.left, self.right)) + ((0, 0),) * (array.ndim - 2)
         if mode == "constant":
             return np.pad(array, widths, mode, constant_values=value)
@@ -331,6 +338,7 @@ def extend_canvas(image: Image.Image, mask: Optional[np.ndarray], extend: Extend
     """
     if fill not in FILLS:
         raise UserError(f"bad extend fill {fill!r}: use one of {', '.join(FILLS)}")
+    extend.canvas_size(image.size)   # the size policy, from the numbers
     pixels = np.asarray(image.convert("RGB"))
     size = (pixels.shape[1], pixels.shape[0])
     canvas = np.array(_fill(pixels, extend, fill))

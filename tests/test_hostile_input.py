@@ -265,3 +265,61 @@ def test_defaults_that_were_not_given_are_not_warned_about(work):
     result = runner.invoke(app, ["batch", write_jobs(work, job_line("mask_rects: ['0:9,0:9'], height: 64, "
                                                                     "width: 64")), "--check"])
     assert result.exit_code == 0 and warning_lines(result) == [], result.output
+
+
+# ------------------------------------------------------------------------------------------ canvas size policy
+
+HUGE_MARGINS = ["top=8192,right=8192,bottom=8192,left=8192", "top=16384,bottom=16384,left=2000",
+                "top=16384,left=8000", "right=8192,bottom=8192"]   # on 64x48: 270, 68, 132 and 68 megapixels
+
+
+@pytest.mark.parametrize("spec", HUGE_MARGINS)
+def test_an_extended_canvas_obeys_the_image_size_policy(work, spec):
+    """Refused from the numbers (no canvas is allocated: fast), exit 2, with the limit; in every entry point."""
+    import time
+
+    from kandinsky_cli.files import MAX_IMAGE_PIXELS
+
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(work / "in.png")
+    limit = f"the limit is {MAX_IMAGE_PIXELS} pixels"
+    t0 = time.perf_counter()
+    one_error_line(runner.invoke(app, inpaint_args(work, "--extend", spec)), limit)
+    one_error_line(runner.invoke(app, ["mask", str(work / "in.png"), "--extend", spec, "--out", str(work / "m.png")]),
+                   limit)
+    one_error_line(runner.invoke(app, folder_args(work, "--extend", spec)), limit)
+    result = runner.invoke(app, ["batch", write_jobs(work, job_line(f"extend: '{spec}'")), "--check"])
+    one_error_line(result, "jobs.yaml: jobs[0].extend: the extended canvas (the 64x48 image plus margins")
+    assert limit in result.output and "out of memory" not in result.output
+    assert time.perf_counter() - t0 < 5
+    assert files_in(work) == ["in.png", "jobs.yaml"]
+
+
+def test_a_canvas_at_the_limit_is_accepted(work):
+    Image.fromarray(np.zeros((1, 64, 3), np.uint8)).save(work / "in.png")
+    # 64 + 8128 = 8192 wide, 1 + 8191 = 8192 high: exactly the limit
+    result = runner.invoke(app, ["mask", str(work / "in.png"), "--extend", "right=8128,bottom=8191", "--out",
+                                 str(work / "m.npy"), "--json"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["mask", str(work / "in.png"), "--extend", "right=8128,bottom=8192", "--out",
+                                 str(work / "m2.npy")])
+    one_error_line(result, "8192x8193 pixels")
+
+
+@pytest.mark.parametrize("command, advice", [
+    ("inpaint", "try a smaller working size (--resolution, or --height/--width"),
+    ("mask", "free some memory and run it again"),
+])
+def test_out_of_memory_gives_advice_that_fits_the_command(work, monkeypatch, command, advice):
+    import kandinsky_cli.files
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(kandinsky_cli.files, "open_image", no_memory)
+    args = inpaint_args(work) if command == "inpaint" else ["mask", str(work / "in.png"), "--mask-rect", "0:9,0:9",
+                                                             "--out", str(work / "m.png")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory: ") and advice in lines[0], lines
+    assert command == "inpaint" or "--height" not in lines[0]

@@ -39,6 +39,7 @@ from . import __version__
 from .batchfile import Job, check_job_inputs
 from .errors import UserError
 from .files import to_json
+from .options import Conflict
 from .interrupts import Interrupts, note_written  # the runner defers interrupts while writing
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -246,6 +247,8 @@ def job_request(job: Job, seed: int):
 def _short_reason(job: Job, error: BaseException) -> str:
     """The error without the ``'jobs.yaml: jobs[3]'`` prefix (the summary shows the job already)."""
     text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, Conflict) and Path(job.source).is_file():   # a batch file's job: its keys, not flags
+        text = error.worded(str)
     if not isinstance(error, UserError):
         text = f"{type(error).__name__}: {text}"
     for prefix in (f"{job.where}.", f"{job.where}: "):

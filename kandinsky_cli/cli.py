@@ -476,7 +476,7 @@ def batch_command(
     manifest_path = Path(manifest_dir).absolute() / MANIFEST_NAME
     mine = shard_spec.select(jobs)
     if check:
-        _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite)
+        _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite, values, folder=images is not None)
         return
     code = _run_batch(title, mine, len(jobs), shard_spec, manifest_path, base_seed, overwrite, json_out,
                       _engine(values, shard_spec.device_id))
@@ -540,20 +540,54 @@ def info_command(
             stdout.print(table)
 
 
-def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool) -> None:
-    """``batch --check``: open every input of this shard's jobs and print the plan; no model is loaded."""
+def _check_models(jobs: List[Any], inputs: List[Any], values: dict, folder: bool) -> Optional[str]:
+    """The checks a run makes with the decoder folder before computing (sampler steps, memory), for ``batch
+    --check``: with a local folder, or a hub id already in the cache (nothing is downloaded, no network is built).
+    Returns why they were left out (a hub id not cached yet), or None."""
+    from .core import Kandinsky
+    from .model_io import looks_like_hub_id, offline_requested
+
+    engine_values = {**options.defaults(options.ENGINE_KEYS), **_given({k: values.get(k) for k in options.ENGINE_KEYS})}
+    model = engine_values["decoder_model"]
+    from_cache = looks_like_hub_id(model) and not Path(model).expanduser().is_dir()
+    engine = Kandinsky(**{**engine_values, "offline": True})
+    try:
+        engine.root("decoder")
+    except UserError:
+        if from_cache and not offline_requested(engine_values["offline"]):
+            return f"the decoder {model} is not in the Hugging Face cache yet"
+        raise   # a run would stop here too
+    # float32/float16 need no device to be known (auto and bfloat16 ask the device, as a run does)
+    dtype = engine.dtype_requested if engine.dtype_requested in ("float32", "float16") else engine.dtype_name
+    for job, (_, plan) in zip(jobs, inputs):
+        try:
+            engine.check_decoder_run(job.request, plan, dtype)
+        except options.Conflict as e:
+            raise (e if folder else e.in_file(job.where)) from None
+        except UserError as e:
+            raise UserError(str(e) if folder else f"{job.where}: {e}") from None
+    return None
+
+
+def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool,
+                 values: dict, folder: bool) -> None:
+    """``batch --check``: open every input of this shard's jobs, make the checks a run makes with the decoder folder
+    when it is here (local, or cached), and print the plan; no model is loaded."""
     from .batch import job_seed, outputs_exist
     from .batchfile import check_job_inputs
 
     inputs = [check_job_inputs(job) for job in mine]
+    skipped_checks = _check_models(mine, inputs, values, folder)
     plan = [(job, size, run_plan, job_seed(job, base_seed), not overwrite and outputs_exist(job))
             for job, (size, run_plan) in zip(mine, inputs)]
     part = f" (shard {shard.label}: {len(mine)} of {len(jobs)})" if shard.size > 1 else ""
     stdout.print(_plan_table(title + part, plan))
     skip = sum(1 for *_, skipped in plan if skipped)
     images = sum(job.num_images for job, *_, skipped in plan if not skipped)
+    unchecked = f" (not checked: sampler steps and memory, because {escape(skipped_checks)})" if skipped_checks else ""
     stdout.print(f"[green]ok[/green]: {len(mine)} job(s), {images} image(s) to generate"
-                 + (f", {skip} job(s) skipped (outputs exist)" if skip else "") + "; nothing was run.", soft_wrap=True)
+                 + (f", {skip} job(s) skipped (outputs exist)" if skip else "") + f"; nothing was run{unchecked}.",
+                 soft_wrap=True)
 
 
 class _BatchProgress:

@@ -335,24 +335,21 @@ class Kandinsky:
                           load_embeddings(req.negative_image_embeds, "negative image embeddings"))
         if req.uses_prior:
             self.root("prior")
-        self.check_sampler(req)
-        rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
-        width, height = plan.working_size
-        check_decoder_fits(self.root("decoder"), height, width, rows, self.dtype_name)
+        self.check_decoder_run(req, plan)
         seed = req.seed if req.seed is not None else random_seed()
         return Prepared(req, image, mask, seed, plan, blend, embeddings)
 
+    def check_decoder_run(self, req: InpaintRequest, plan: Plan, dtype: Optional[str] = None) -> None:
+        """What the decoder folder says about a request before anything is computed: the sampler takes its steps, the
+        run fits in memory (at ``dtype``, default the engine's). ``batch --check`` makes the same checks."""
+        self.check_sampler(req)
+        rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
+        width, height = plan.working_size
+        check_decoder_fits(self.root("decoder"), height, width, rows, dtype or self.dtype_name)
+
     def check_sampler(self, req: InpaintRequest) -> None:
         """The sampler can take the request's steps with the decoder folder's scheduler config."""
-        from .schedulers import make_decoder_scheduler
-
-        config = model_io.read_scheduler_config(self.root("decoder") / "scheduler")
-        with model_io.config_errors(config.source):
-            sampler = make_decoder_scheduler(req.scheduler, config)
-        try:
-            sampler.timesteps(req.steps)
-        except ValueError as e:
-            raise UserError(f"--steps {req.steps} with --scheduler {req.scheduler}: {e}") from None
+        check_steps(self.root("decoder"), req.scheduler, req.steps)
 
     def embeddings(self, job: Prepared, progress: Progress = None) -> Embeddings:
         """The job's embeddings: its files, or the prior's (made now, or earlier by :meth:`make_embeddings`)."""
@@ -459,6 +456,21 @@ class Kandinsky:
     def inpaint(self, req: InpaintRequest, progress: Progress = None, write: bool = True) -> InpaintResult:
         """One request: prepare -> embeddings -> decode -> compose -> write."""
         return self.run(self.prepare(req), progress, write)
+
+
+def check_steps(decoder_root: Path, scheduler: str, steps: int) -> None:
+    """The one rule for step counts a sampler can take, from the decoder folder's scheduler config: an
+    :class:`options.Conflict` (flags on the command line, keys in batch files)."""
+    from .schedulers import make_decoder_scheduler
+
+    config = model_io.read_scheduler_config(Path(decoder_root) / "scheduler")
+    with model_io.config_errors(config.source):
+        sampler = make_decoder_scheduler(scheduler, config)
+    try:
+        sampler.timesteps(steps)
+    except ValueError as e:
+        raise options.Conflict("{steps} {n} with {scheduler} {name}: {reason}", ("steps", "scheduler"), n=str(steps),
+                               name=scheduler, reason=str(e)) from None
 
 
 def canvas_and_mask(req: InpaintRequest) -> Tuple[Image.Image, np.ndarray, np.ndarray]:

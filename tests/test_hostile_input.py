@@ -323,3 +323,47 @@ def test_out_of_memory_gives_advice_that_fits_the_command(work, monkeypatch, com
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: out of memory: ") and advice in lines[0], lines
     assert command == "inpaint" or "--height" not in lines[0]
+
+
+# ------------------------------------------------------------------------------------------ --check keeps its word
+
+SAMPLER_CASES = [  # with the fixture's scheduler config (1000 training steps, 'leading' spacing, offset 1)
+    ("ddim", 1000, False), ("ddim", 999, True), ("dpmpp-2m", 999, False), ("dpmpp-2m-sde", 1000, False),
+    ("dpmpp-2m-karras", 998, True), ("ddpm", 1000, True),
+]
+
+
+@pytest.mark.parametrize("scheduler, steps, runs", SAMPLER_CASES)
+def test_check_refuses_what_the_run_refuses(work, scheduler, steps, runs):
+    """One rule: the same verdict from `inpaint` (which refuses before loading any network), `batch --check` on a
+    batch file and on a folder, with the decoder folder given."""
+    models = ["--prior-model", PRIOR, "--decoder-model", DECODER]
+    settings = ["--scheduler", scheduler, "--steps", str(steps)]
+    refused = f"{scheduler}: "
+    folder = runner.invoke(app, folder_args(work, "--mask-rect", "0:9,0:9", *settings, *models))
+    jobs = write_jobs(work, job_line(f"mask_rects: ['0:9,0:9'], scheduler: {scheduler}, steps: {steps}"))
+    from_file = runner.invoke(app, ["batch", jobs, "--check", *models])
+    if runs:
+        assert folder.exit_code == 0 and from_file.exit_code == 0, (folder.output, from_file.output)
+        assert "not checked" not in folder.output + from_file.output
+        return
+    one_error_line(folder, f"--steps {steps} with --scheduler {refused}")
+    one_error_line(from_file, f"jobs.yaml: jobs[0]: steps {steps} with scheduler {refused}")
+    # the inpaint command: refused before any network is built (the output file is never written)
+    one_error_line(runner.invoke(app, ["inpaint", str(work / "in.png"), "--mask-rect", "0:9,0:9", "--prompt", "x",
+                                       *settings, *models, "--out", str(work / "o.png")]),
+                   f"--steps {steps} with --scheduler {refused}")
+    assert files_in(work) == ["in.png", "jobs.yaml"]
+
+
+def test_check_says_what_it_could_not_check(work, monkeypatch, tmp_path):
+    """A hub id that is not cached: --check does not download it, and says the model checks were left out."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    jobs = write_jobs(work, job_line("mask_rects: ['0:9,0:9'], scheduler: ddim, steps: 1000"))
+    result = runner.invoke(app, ["batch", jobs, "--check", "--decoder-model", "nobody/not-cached-model"])
+    assert result.exit_code == 0, result.output
+    assert "not checked: sampler steps and memory, because the decoder nobody/not-cached-model is not in the " \
+           "Hugging Face cache yet" in " ".join(result.output.split())
+    # offline, the run could not start either: --check refuses
+    result = runner.invoke(app, ["batch", jobs, "--check", "--decoder-model", "nobody/not-cached-model", "--offline"])
+    one_error_line(result, "nobody/not-cached-model")

@@ -504,14 +504,24 @@ def download_command(
 
     Examples: kandinsky download;  kandinsky download --dtype float16;  kandinsky download --check
     """
-    from .download import check_line, locate, report, summary_table, terminal_console
+    from .download import check_line, check_revision, locate, report, summary_table, terminal_console
     from .model_io import offline_requested
 
+    check_revision(revision)
     values = {**options.defaults(options.ENGINE_KEYS), **_given(values or {})}
     dtype = values["dtype"]
     console = None if check else terminal_console()
-    snapshots = {role: locate(values[f"{role}_model"], revision, dtype, check or offline_requested(values["offline"]),
-                              console) for role in ("prior", "decoder")}
+    snapshots, problems = {}, []
+    for role in ("prior", "decoder"):
+        try:
+            snapshots[role] = locate(values[f"{role}_model"], revision, dtype,
+                                     check or offline_requested(values["offline"]), console)
+        except UserError as e:
+            if not check:
+                raise
+            problems.append(f"{role}: {e}")   # --check names every model that is missing or damaged
+    if problems:
+        raise UserError("; ".join(problems))
     if json_out:
         _print_json(report(snapshots, dtype))
     elif check:

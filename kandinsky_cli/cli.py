@@ -654,7 +654,8 @@ class _BatchProgress:
         if outcome.status == "done":
             line = f"{head} done: {', '.join(_show(p) for p in outcome.outputs)} ({outcome.seconds:.1f} s)"
         elif outcome.status == "skipped":
-            line = f"{head} skipped: outputs exist ({', '.join(_show(p) for p in outcome.outputs)})"
+            line = f"{head} skipped: {outcome.reason}" + (f" ({', '.join(_show(p) for p in outcome.outputs)})"
+                                                          if outcome.outputs else "")
         else:
             line = f"{head} failed: {outcome.reason}"
         if self.bar is None:
@@ -719,7 +720,7 @@ def _summary_table(title: str, outcomes: List[Any]) -> Table:
         table.add_column(column, overflow="fold")
     colours = {"done": "green", "skipped": "dim", "failed": "red"}
     for o in outcomes:
-        what = "\n".join(_show(p) for p in o.outputs) if o.status != "failed" else (o.reason or "")
+        what = "\n".join(_show(p) for p in o.outputs) if o.outputs else (o.reason or "")
         seed = "-" if o.seed is None else f"{o.seed}" + (" (derived)" if o.seed_source == "derived" else "")
         table.add_row(str(o.job.index), escape(_show(o.job.image)), f"[{colours[o.status]}]{o.status}[/]",
                       escape(what), seed, f"{o.seconds:.1f} s" if o.status != "skipped" else "")

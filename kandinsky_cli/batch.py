@@ -39,7 +39,8 @@ from . import __version__
 from .batchfile import Job, check_job_inputs
 from .errors import UserError
 from .files import to_json
-from .interrupts import Interrupts  # noqa: F401  (the runner defers them while writing)
+from .options import Conflict
+from .interrupts import Interrupts, note_written  # the runner defers interrupts while writing
 
 MANIFEST_NAME = "manifest.jsonl"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -159,6 +160,7 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.lines = 0   # lines this object appended (for the exit line of an interrupted batch)
 
     def append(self, records: Sequence[dict]) -> None:
         if not records:
@@ -176,6 +178,7 @@ class Manifest:
                 while written < len(data):   # a short write to a regular file: only when the disk is full
                     written += os.write(fd, data[written:])
                 os.fsync(fd)
+                self.lines += len(records)
             finally:
                 os.close(fd)   # also releases the lock
         except OSError as e:
@@ -197,6 +200,82 @@ def read_manifest(path: Path) -> List[dict]:
         except ValueError:
             continue
     return records
+
+
+# ------------------------------------------------------------------------------------------ output locks
+
+#: Why a job is skipped: its outputs exist; or another process holds its lock (the reason then names the holder).
+OUTPUTS_EXIST = "outputs exist"
+BUSY = "being computed by another process"
+
+
+class OutputLock:
+    """A job's lock, so that processes sharing a batch (without ``--shard``) do not compute a job twice: an exclusive
+    ``flock`` on the hidden file ``.<output>.lock`` beside the job's first output, holding the owner's pid and host.
+
+    The kernel releases the lock when its owner exits or dies (a lock file left by a killed process is stale and is
+    simply taken over). The owner removes the file while still holding the lock; a process that locked a file in the
+    meantime notices that the name now leads elsewhere (another inode, or nothing) and tries again. The file is
+    never an output: resuming looks at the outputs only.
+    """
+
+    def __init__(self, output: Path):
+        output = Path(output)
+        self.path = output.with_name(f".{output.name}.lock")
+        self.fd: Optional[int] = None
+        self._created: List[Path] = []
+
+    def acquire(self) -> Optional[str]:
+        """Take the lock: None when taken, else who holds it (``'pid 123 on host'``)."""
+        self._created = [p for p in self.path.parents if not p.exists()][::-1]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                return holder or "another process"
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+                self.fd = fd
+                return None
+            os.close(fd)   # its owner removed it as we opened it: take the name anew
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now (nothing is created)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)   # while holding the lock: see the class docstring
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        for folder in reversed(self._created):   # folders made for the lock alone (the job wrote nothing)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 # ------------------------------------------------------------------------------------------ signals
@@ -244,6 +323,8 @@ def job_request(job: Job, seed: int):
 def _short_reason(job: Job, error: BaseException) -> str:
     """The error without the ``'jobs.yaml: jobs[3]'`` prefix (the summary shows the job already)."""
     text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, Conflict) and Path(job.source).is_file():   # a batch file's job: its keys, not flags
+        text = error.worded(str)
     if not isinstance(error, UserError):
         text = f"{type(error).__name__}: {text}"
     for prefix in (f"{job.where}.", f"{job.where}: "):
@@ -307,7 +388,8 @@ class BatchRunner:
             except Exception:   # the job fails with this reason when it runs
                 return False
 
-        pending = [job for job in jobs if job.problem is None and not self.will_skip(job) and inputs_ok(job)]
+        pending = [job for job in jobs if job.problem is None and not self.will_skip(job)
+                   and not OutputLock(job.out).held_elsewhere() and inputs_ok(job)]
         if not pending:
             return
         self.engine.select_device()
@@ -324,9 +406,26 @@ class BatchRunner:
         self.engine.encode_texts([job.request for job in pending])
 
     def run_job(self, job: Job) -> JobOutcome:
+        """Run one job under its :class:`OutputLock`: skipped when its outputs exist (unless ``overwrite``) or when
+        another process is computing it."""
         seed, seed_source = job_seed(job, self.base_seed)
         if self.will_skip(job):
-            return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), "outputs exist")
+            return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), OUTPUTS_EXIST)
+        lock = OutputLock(job.out)
+        try:
+            holder = lock.acquire()
+        except OSError:   # no lock where nothing can be written: the job fails writing, with its own reason
+            holder = None
+        if holder is not None:
+            return JobOutcome(job, SKIPPED, seed, seed_source, [], f"{BUSY} ({holder})")
+        try:
+            if self.will_skip(job):   # finished by another process since the check above
+                return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), OUTPUTS_EXIST)
+            return self._run_locked(job, seed, seed_source)
+        finally:
+            lock.release()
+
+    def _run_locked(self, job: Job, seed: int, seed_source: str) -> JobOutcome:
 
         def step(stage: str, i: int, n: int) -> None:
             self.reporter.step(stage, i, n)
@@ -359,6 +458,7 @@ class BatchRunner:
             outcome = JobOutcome(job, DONE, seed, seed_source, list(result.outputs), None, timings["job_s"], timings)
             self.manifest.append([self._record(outcome, started, result.parameters, path, k)
                                   for k, path in enumerate(result.outputs, 1)])
+            note_written(result.outputs + ([result.grid] if result.grid else []))
             return outcome
         finally:
             self.interrupts.resume()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -89,12 +90,11 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
     for key in JOB_KEYS:
         if options.BY_KEY[key].required and key not in values:
             raise UserError(f"{where}: missing required key {key!r}")
-    if values.get("mask") is None and not values.get("mask_rects") and values.get("extend") is None:
-        raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint), or 'extend'")
-    if (values.get("image_embeds") is None) != (values.get("negative_image_embeds") is None):
-        given = "image_embeds" if values.get("image_embeds") is not None else "negative_image_embeds"
-        missing = "negative_image_embeds" if given == "image_embeds" else "image_embeds"
-        raise UserError(f"{where}.{missing}: must be given together with {given}")
+    try:
+        options.check_mask_given(values)
+        options.check_pairs(values)
+    except options.Conflict as e:
+        raise e.in_file(where) from None
     fields = {**options.defaults(JOB_KEYS), **values}
     for key in INPUT_PATH_KEYS:
         fields[key] = _resolve(base, fields[key])
@@ -106,7 +106,27 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
         fields["out"] = _resolve(base, out)
     else:
         fields["out"] = _resolve(out_dir, fields["out"] if fields["out"] is not None else f"{fields['image'].stem}.png")
-    return Job(source, index, InpaintRequest(fields))
+    try:
+        return Job(source, index, InpaintRequest(fields))
+    except options.Conflict as e:
+        raise e.in_file(where) from None
+
+
+def _warn_ignored(source: Path, defaults: Dict[str, Any], jobs: List[Dict[str, Any]]) -> None:
+    """One ``warning:`` line per job key that has no effect (options.ignored); a key of ``defaults`` is named
+    there, once, when it has no effect in any job (where some job uses it, it is not a mistake)."""
+    from_defaults: Dict[str, List[options.Conflict]] = {}
+    for index, job in enumerate(jobs):
+        values = {**defaults, **job}
+        for conflict in options.ignored(values, values):
+            key = conflict.keys[0]
+            if key in job:
+                warnings.warn(options.IgnoredOption(conflict.in_file(f"{source}: jobs[{index}]")))
+            else:
+                from_defaults.setdefault(key, []).append(conflict)
+    for key, conflicts in from_defaults.items():
+        if len(conflicts) == len(jobs):
+            warnings.warn(options.IgnoredOption(f"{conflicts[0].in_file(f'{source}: defaults')} (in every job)"))
 
 
 def _check_outputs(jobs: List[Job]) -> None:
@@ -160,13 +180,14 @@ def load_batch(path: PathLike, out_dir: Optional[PathLike] = None) -> List[Job]:
         got = "nothing" if jobs is None else _describe(jobs)
         raise UserError(f"{source}: jobs: must be a non-empty list of jobs, got {got}")
     base = source.resolve().parent
-    result = []
+    result, checked = [], []
     for index, job in enumerate(jobs):
         if not isinstance(job, dict):
             raise UserError(f"{source}: jobs[{index}]: must be a mapping of job keys, got {_describe(job)}")
-        values = {**defaults, **_check_keys(job, f"{source}: jobs[{index}]")}
-        result.append(_make_job(source, base, index, values, _absolute(out_dir)))
+        checked.append(_check_keys(job, f"{source}: jobs[{index}]"))
+        result.append(_make_job(source, base, index, {**defaults, **checked[-1]}, _absolute(out_dir)))
     _check_outputs(result)
+    _warn_ignored(source, defaults, checked)
     return result
 
 
@@ -271,9 +292,10 @@ def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
     mask_dir = Path(masks) if masks is not None else None
     if mask_dir is not None and checked.get("mask") is not None:
         raise UserError("give --masks DIR (one mask per image) or --mask FILE (one mask for all), not both")
-    if mask_dir is None and checked.get("mask") is None and not checked.get("mask_rects"):
-        raise UserError("folder mode needs a mask: --masks DIR (matched by file name), --mask FILE or "
-                        "--mask-rect ROWS,COLS")
+    options.check_mask_given(checked, masks_dir=mask_dir is not None)
+    options.check_pairs(checked)
+    for conflict in options.ignored({**options.defaults(JOB_KEYS), **checked}, checked):
+        warnings.warn(options.IgnoredOption(str(conflict)))
     if checked.get("mask") is not None:
         mask_file = Path(checked["mask"]).expanduser()
         if not mask_file.is_file():

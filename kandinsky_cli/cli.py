@@ -55,11 +55,30 @@ def _warnings_as_lines(show_other: Callable[..., None]) -> Callable[..., None]:
     return show
 
 
+#: What lowers the memory a command needs, for the "out of memory" line (commands without a model: none).
+MEMORY_ADVICE = {
+    "inpaint": "a smaller working size (--resolution, or --height/--width; --region mask for a small mask on a "
+               "large image) or fewer --num-images",
+    "batch": "smaller working sizes (the jobs' resolution, or height/width; region: mask) or fewer num_images",
+    "prior": "fewer --num-images",
+}
+EXIT_OUT_OF_MEMORY = 1
+
+
 class _Group(TyperGroup):
     """The app's command group: one ``error:`` line and exit code 2 for every bad input."""
 
+    command_name: Optional[str] = None
+
+    def resolve_command(self, ctx: Any, args: List[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        type(self).command_name = name
+        return name, command, rest
+
     def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        interrupts.reset()
+        type(self).command_name = None
         with warnings.catch_warnings():
             warnings.showwarning = _warnings_as_lines(warnings.showwarning)
             try:
@@ -81,8 +100,10 @@ class _Group(TyperGroup):
             except (MemoryError, RuntimeError) as e:
                 if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
                     raise
-                _fail("out of memory: the model does not fit at this size; try a smaller --height/--width, "
-                      "--dtype float16, or fewer --num-images", 1)
+                advice = MEMORY_ADVICE.get(type(self).command_name or "")
+                _fail("out of memory: this run needs more memory than the machine has free"
+                      + (f"; the model's working memory grows with the working size: try {advice}" if advice else
+                         "; free some memory and run it again"), EXIT_OUT_OF_MEMORY)
         code = rv if isinstance(rv, int) else 0
         if code == interrupts.EXIT_INTERRUPTED:   # Click's own Ctrl-C handling, or the batch's report
             interrupts.exit_interrupted("" if interrupts.reported else None)
@@ -176,23 +197,23 @@ def mask_command(
     from .masks import MaskSpec, check_mask_output, format_size, parse_size, save_mask
     from .region import plan as region_plan
 
-    values = {**_defaults_of(MASK_OPTIONS), **_given(values or {})}
+    given = _given(values or {})
+    values = {**_defaults_of(MASK_OPTIONS), **given}
     check_mask_output(out)
     if image is not None and size is not None:
         raise UserError("give either IMAGE or --size, not both: the mask has the size of the image")
     if image is None and size is None:
         raise UserError("the mask needs a size: give an IMAGE or --size WIDTHxHEIGHT (e.g. --size 768x768)")
     extend = values["extend"]
-    given_mask = values["mask"] is not None or bool(values["mask_rects"])
-    if not given_mask and extend is None:
-        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend")
+    given_mask = options.has_mask(values)
+    options.check_mask_given(values)
+    options.check_pairs(values)
+    _warn_ignored(values, given)
     if image is not None:
         loaded = load_image(image)
         size_hw = (loaded.height, loaded.width)
     else:
         size_hw = parse_size(size)  # type: ignore[arg-type]
-    if (values["height"] is None) != (values["width"] is None):
-        raise UserError("--height and --width go together: give both or neither")
     spec = None
     hard = np.zeros(size_hw, dtype=bool)
     if given_mask:
@@ -206,6 +227,7 @@ def mask_command(
     params = {"command": "mask", "image": str(image) if image is not None else None,
               "size": format_size(hard.shape), **(spec.parameters() if spec else {}), **plan.parameters()}
     save_mask(out, hard, params)
+    interrupts.note_written([out])
     pixels = int(hard.sum())
     if json_out:
         _print_json({"out": str(out), "size": list(hard.shape[::-1]), "pixels": pixels, **plan.parameters()})
@@ -214,6 +236,12 @@ def mask_command(
     stdout.print(f"wrote {escape(str(out))}: {format_size(hard.shape)}, {pixels} pixels to repaint "
                  f"({100.0 * hard.mean():.1f}%); working size {width}x{height}, region {plan.region} "
                  f"box {list(plan.region_box)}")
+
+
+def _warn_ignored(values: dict, given) -> None:
+    """One ``warning:`` line per option the user gave that others make ineffective (options.ignored)."""
+    for conflict in options.ignored(values, given):
+        warnings.warn(options.IgnoredOption(str(conflict)))
 
 
 def _defaults_of(opts) -> dict:
@@ -244,6 +272,7 @@ def grid_command(
     rows, cols = grid_shape(len(images), rows, cols)
     grid = make_image_grid([load_grid_input(p) for p in images], rows, cols)
     save_image(out, grid, {"command": "grid", "images": [str(p) for p in images], "rows": rows, "cols": cols})
+    interrupts.note_written([out])
     stdout.print(f"wrote {escape(str(out))}: {rows}x{cols} grid, {grid.width}x{grid.height} pixels")
 
 
@@ -350,6 +379,9 @@ def inpaint_command(
     job.setdefault("out", Path(f"{image.stem}-inpainted.png"))
     if "prompt" not in job:
         raise UserError("missing option '--prompt' (what to paint)")
+    options.check_pairs(job)
+    options.check_mask_given(job)
+    _warn_ignored({**options.defaults(options.JOB_KEYS), **job}, job)
     engine = _engine(values)
     prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
     with _StepProgress() as progress:
@@ -445,7 +477,7 @@ def batch_command(
     manifest_path = Path(manifest_dir).absolute() / MANIFEST_NAME
     mine = shard_spec.select(jobs)
     if check:
-        _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite)
+        _check_batch(title, jobs, mine, shard_spec, base_seed, overwrite, values, folder=images is not None)
         return
     code = _run_batch(title, mine, len(jobs), shard_spec, manifest_path, base_seed, overwrite, json_out,
                       _engine(values, shard_spec.device_id))
@@ -473,14 +505,24 @@ def download_command(
 
     Examples: kandinsky download;  kandinsky download --dtype float16;  kandinsky download --check
     """
-    from .download import check_line, locate, report, summary_table, terminal_console
+    from .download import check_line, check_revision, locate, report, summary_table, terminal_console
     from .model_io import offline_requested
 
+    check_revision(revision)
     values = {**options.defaults(options.ENGINE_KEYS), **_given(values or {})}
     dtype = values["dtype"]
     console = None if check else terminal_console()
-    snapshots = {role: locate(values[f"{role}_model"], revision, dtype, check or offline_requested(values["offline"]),
-                              console) for role in ("prior", "decoder")}
+    snapshots, problems = {}, []
+    for role in ("prior", "decoder"):
+        try:
+            snapshots[role] = locate(values[f"{role}_model"], revision, dtype,
+                                     check or offline_requested(values["offline"]), console)
+        except UserError as e:
+            if not check:
+                raise
+            problems.append(f"{role}: {e}")   # --check names every model that is missing or damaged
+    if problems:
+        raise UserError("; ".join(problems))
     if json_out:
         _print_json(report(snapshots, dtype))
     elif check:
@@ -509,20 +551,54 @@ def info_command(
             stdout.print(table)
 
 
-def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool) -> None:
-    """``batch --check``: open every input of this shard's jobs and print the plan; no model is loaded."""
+def _check_models(jobs: List[Any], inputs: List[Any], values: dict, folder: bool) -> Optional[str]:
+    """The checks a run makes with the decoder folder before computing (sampler steps, memory), for ``batch
+    --check``: with a local folder, or a hub id already in the cache (nothing is downloaded, no network is built).
+    Returns why they were left out (a hub id not cached yet), or None."""
+    from .core import Kandinsky
+    from .model_io import looks_like_hub_id, offline_requested
+
+    engine_values = {**options.defaults(options.ENGINE_KEYS), **_given({k: values.get(k) for k in options.ENGINE_KEYS})}
+    model = engine_values["decoder_model"]
+    from_cache = looks_like_hub_id(model) and not Path(model).expanduser().is_dir()
+    engine = Kandinsky(**{**engine_values, "offline": True})
+    try:
+        engine.root("decoder")
+    except UserError:
+        if from_cache and not offline_requested(engine_values["offline"]):
+            return f"the decoder {model} is not in the Hugging Face cache yet"
+        raise   # a run would stop here too
+    # float32/float16 need no device to be known (auto and bfloat16 ask the device, as a run does)
+    dtype = engine.dtype_requested if engine.dtype_requested in ("float32", "float16") else engine.dtype_name
+    for job, (_, plan) in zip(jobs, inputs):
+        try:
+            engine.check_decoder_run(job.request, plan, dtype)
+        except options.Conflict as e:
+            raise (e if folder else e.in_file(job.where)) from None
+        except UserError as e:
+            raise UserError(str(e) if folder else f"{job.where}: {e}") from None
+    return None
+
+
+def _check_batch(title: str, jobs: List[Any], mine: List[Any], shard: Any, base_seed: int, overwrite: bool,
+                 values: dict, folder: bool) -> None:
+    """``batch --check``: open every input of this shard's jobs, make the checks a run makes with the decoder folder
+    when it is here (local, or cached), and print the plan; no model is loaded."""
     from .batch import job_seed, outputs_exist
     from .batchfile import check_job_inputs
 
     inputs = [check_job_inputs(job) for job in mine]
+    skipped_checks = _check_models(mine, inputs, values, folder)
     plan = [(job, size, run_plan, job_seed(job, base_seed), not overwrite and outputs_exist(job))
             for job, (size, run_plan) in zip(mine, inputs)]
     part = f" (shard {shard.label}: {len(mine)} of {len(jobs)})" if shard.size > 1 else ""
     stdout.print(_plan_table(title + part, plan))
     skip = sum(1 for *_, skipped in plan if skipped)
     images = sum(job.num_images for job, *_, skipped in plan if not skipped)
+    unchecked = f" (not checked: sampler steps and memory, because {escape(skipped_checks)})" if skipped_checks else ""
     stdout.print(f"[green]ok[/green]: {len(mine)} job(s), {images} image(s) to generate"
-                 + (f", {skip} job(s) skipped (outputs exist)" if skip else "") + "; nothing was run.", soft_wrap=True)
+                 + (f", {skip} job(s) skipped (outputs exist)" if skip else "") + f"; nothing was run{unchecked}.",
+                 soft_wrap=True)
 
 
 class _BatchProgress:
@@ -579,7 +655,8 @@ class _BatchProgress:
         if outcome.status == "done":
             line = f"{head} done: {', '.join(_show(p) for p in outcome.outputs)} ({outcome.seconds:.1f} s)"
         elif outcome.status == "skipped":
-            line = f"{head} skipped: outputs exist ({', '.join(_show(p) for p in outcome.outputs)})"
+            line = f"{head} skipped: {outcome.reason}" + (f" ({', '.join(_show(p) for p in outcome.outputs)})"
+                                                          if outcome.outputs else "")
         else:
             line = f"{head} failed: {outcome.reason}"
         if self.bar is None:
@@ -601,8 +678,9 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
 
     started = time.perf_counter()
     interrupted = False
-    with Interrupts() as interrupts, _BatchProgress() as progress:
-        runner = BatchRunner(engine, Manifest(manifest_path), shard, base_seed, overwrite, progress, interrupts)
+    manifest = Manifest(manifest_path)
+    with Interrupts() as signals, _BatchProgress() as progress:
+        runner = BatchRunner(engine, manifest, shard, base_seed, overwrite, progress, signals)
         try:
             runner.run(mine)
         except KeyboardInterrupt:
@@ -621,10 +699,14 @@ def _run_batch(title: str, mine: List[Any], total_jobs: int, shard: Any, manifes
     console.print(f"{tally['done']} done, {tally['skipped']} skipped, {tally['failed']} failed of {len(mine)} "
                   f"job(s); manifest: {escape(_show(manifest_path))}", soft_wrap=True)
     if interrupted:
-        interrupts.reported = True
-        stderr.print(f"[red]interrupted[/red] after {len(outcomes)} of {len(mine)} jobs; rerun the same command "
-                     f"to finish (finished outputs are kept and skipped)")
-        return 130
+        interrupts.reported = True   # the module's flag: the exit path prints no second line
+        wrote = interrupts.written_text([_show(Path(p)) for p in interrupts.written])
+        if manifest.lines:
+            wrote = ("wrote no output, " if not interrupts.written else wrote + " and ") \
+                + f"{manifest.lines} line(s) of the manifest {_show(manifest_path)}"
+        stderr.print(f"[red]interrupted[/red] after {len(outcomes)} of {len(mine)} jobs: {escape(wrote)}; rerun the "
+                     f"same command to finish (finished outputs are kept and skipped)", soft_wrap=True)
+        return interrupts.EXIT_INTERRUPTED
     if tally["failed"] and os.environ.get("MS_ROLE") == "MS_WORKER":
         # msrun kills every other worker as soon as one exits non-zero: a failed job must not stop the others.
         stderr.print(f"[yellow]warning:[/yellow] {tally['failed']} job(s) failed (see above and the manifest); this "
@@ -639,7 +721,7 @@ def _summary_table(title: str, outcomes: List[Any]) -> Table:
         table.add_column(column, overflow="fold")
     colours = {"done": "green", "skipped": "dim", "failed": "red"}
     for o in outcomes:
-        what = "\n".join(_show(p) for p in o.outputs) if o.status != "failed" else (o.reason or "")
+        what = "\n".join(_show(p) for p in o.outputs) if o.outputs else (o.reason or "")
         seed = "-" if o.seed is None else f"{o.seed}" + (" (derived)" if o.seed_source == "derived" else "")
         table.add_row(str(o.job.index), escape(_show(o.job.image)), f"[{colours[o.status]}]{o.status}[/]",
                       escape(what), seed, f"{o.seconds:.1f} s" if o.status != "skipped" else "")

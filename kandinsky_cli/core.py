@@ -70,6 +70,7 @@ class PriorRequest(Settings):
         super().__init__({"prompt": None, **values})
         if not self.mix and self.prompt is None:
             raise UserError("no prompt given: give PROMPT (or --prompt), or --mix")
+        options.check_mix(self.prompt, self.mix)
 
     def cache_key(self) -> tuple:
         return tuple(sorted(self.values().items()))
@@ -82,18 +83,14 @@ class InpaintRequest(Settings):
 
     def __init__(self, values):
         super().__init__(values)
-        if (self.image_embeds is None) != (self.negative_image_embeds is None):
-            raise UserError("--image-embeds and --negative-image-embeds go together: give both or neither")
-        if (self.height is None) != (self.width is None):
-            raise UserError("--height and --width go together: give both or neither (without them the working "
-                            "size follows --resolution)")
+        options.check_pairs(self.values())
         if self.out is None:
             raise UserError("no output file given (--out)")
 
     @property
     def has_mask(self) -> bool:
         """A mask file or rectangles were given (with --extend alone the margins are the mask)."""
-        return self.mask is not None or bool(self.mask_rects)
+        return options.has_mask(self.values())
 
     @property
     def uses_prior(self) -> bool:
@@ -334,9 +331,7 @@ class Kandinsky:
     def prepare(self, req: InpaintRequest) -> Prepared:
         """Read and check every input of a request and its output locations, find the model folders (downloading
         hub ids) and check that the run fits in memory; no network is built."""
-        if not req.has_mask and req.extend is None:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend "
-                            "to outpaint")
+        options.check_mask_given(req.values())
         for path in req.outputs + ([req.grid_path] if req.grid_path else []):
             check_writable_output(path)
         image, mask, blend = canvas_and_mask(req)
@@ -347,24 +342,21 @@ class Kandinsky:
                           load_embeddings(req.negative_image_embeds, "negative image embeddings"))
         if req.uses_prior:
             self.root("prior")
-        self.check_sampler(req)
-        rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
-        width, height = plan.working_size
-        check_decoder_fits(self.root("decoder"), height, width, rows, self.dtype_name)
+        self.check_decoder_run(req, plan)
         seed = req.seed if req.seed is not None else random_seed()
         return Prepared(req, image, mask, seed, plan, blend, embeddings)
 
+    def check_decoder_run(self, req: InpaintRequest, plan: Plan, dtype: Optional[str] = None) -> None:
+        """What the decoder folder says about a request before anything is computed: the sampler takes its steps, the
+        run fits in memory (at ``dtype``, default the engine's). ``batch --check`` makes the same checks."""
+        self.check_sampler(req)
+        rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
+        width, height = plan.working_size
+        check_decoder_fits(self.root("decoder"), height, width, rows, dtype or self.dtype_name)
+
     def check_sampler(self, req: InpaintRequest) -> None:
         """The sampler can take the request's steps with the decoder folder's scheduler config."""
-        from .schedulers import make_decoder_scheduler
-
-        config = model_io.read_scheduler_config(self.root("decoder") / "scheduler")
-        with model_io.config_errors(config.source):
-            sampler = make_decoder_scheduler(req.scheduler, config)
-        try:
-            sampler.timesteps(req.steps)
-        except ValueError as e:
-            raise UserError(f"--steps {req.steps} with --scheduler {req.scheduler}: {e}") from None
+        check_steps(self.root("decoder"), req.scheduler, req.steps)
 
     def embeddings(self, job: Prepared, progress: Progress = None) -> Embeddings:
         """The job's embeddings: its files, or the prior's (made now, or earlier by :meth:`make_embeddings`)."""
@@ -472,6 +464,21 @@ class Kandinsky:
     def inpaint(self, req: InpaintRequest, progress: Progress = None, write: bool = True) -> InpaintResult:
         """One request: prepare -> embeddings -> decode -> compose -> write."""
         return self.run(self.prepare(req), progress, write)
+
+
+def check_steps(decoder_root: Path, scheduler: str, steps: int) -> None:
+    """The one rule for step counts a sampler can take, from the decoder folder's scheduler config: an
+    :class:`options.Conflict` (flags on the command line, keys in batch files)."""
+    from .schedulers import make_decoder_scheduler
+
+    config = model_io.read_scheduler_config(Path(decoder_root) / "scheduler")
+    with model_io.config_errors(config.source):
+        sampler = make_decoder_scheduler(scheduler, config)
+    try:
+        sampler.timesteps(steps)
+    except ValueError as e:
+        raise options.Conflict("{steps} {n} with {scheduler} {name}: {reason}", ("steps", "scheduler"), n=str(steps),
+                               name=scheduler, reason=str(e)) from None
 
 
 def canvas_and_mask(req: InpaintRequest) -> Tuple[Image.Image, np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from PIL import Image, ImageFilter
 
 from .errors import UserError
 from .files import ImageLike, PathLike, open_image, save_npy, save_png, to_pil
+from .options import check_mask_given
 
 SizeHW = Tuple[int, int]
 
@@ -330,8 +331,7 @@ def build_mask(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects: Ite
     Raises a UserError for a bad rectangle or mask file, or when the result selects no pixel.
     """
     rects = list(rects)
-    if mask_path is None and not rects:
-        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
+    check_mask_given({"mask": mask_path, "mask_rects": rects})
     if grow < 0:
         raise UserError(f"bad grow {grow}: must be >= 0")
     mask = np.zeros(size_hw, dtype=bool)
@@ -367,8 +367,7 @@ class MaskSpec:
         object.__setattr__(self, "parsed_rects", tuple(parse_rect(r) for r in self.rects))
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
-        if self.path is None and not self.rects:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
+        check_mask_given({"mask": self.path, "mask_rects": self.rects})
         for name in ("grow", "feather"):
             if getattr(self, name) < 0:
                 raise UserError(f"bad {name} {getattr(self, name)}: must be >= 0")

@@ -207,6 +207,10 @@ def info_tables(info: dict) -> list:
     for column in ("model", "refs", "commit", "size", "float32", "float16"):
         models.add_column(column, overflow="fold")
     for m in cached:
+        if m.get("damaged"):
+            models.add_row(escape(m["repo_id"]), escape(", ".join(m["refs"]) or "-"), (m["commit"] or "-")[:12], "-",
+                           f"[red]damaged[/red]: {escape(m['damaged'])}", "[red]damaged[/red]")
+            continue
         ready = ["[green]complete[/green]" if m["complete"][dtype] else "[yellow]incomplete[/yellow]"
                  for dtype in ("float32", "float16")]
         models.add_row(escape(m["repo_id"]), escape(", ".join(m["refs"]) or "-"), m["commit"][:12],

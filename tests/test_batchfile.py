@@ -149,10 +149,14 @@ def _job(extra="", image="in/cat.png", mask='mask_rects: ["0:10,0:10"]', prompt=
     # missing required keys
     (_job(image=""), "jobs[1]", "missing required key 'image'"),
     (_job(prompt=""), "jobs[1]", "missing required key 'prompt'"),
-    (_job(mask=""), "jobs[1]", "missing required key 'mask' or 'mask_rects'"),
-    (_job(mask="mask_rects: []"), "jobs[1]", "missing required key 'mask' or 'mask_rects'"),
-    (_job("image_embeds: in/pos.npy"), "jobs[1].negative_image_embeds", "together with image_embeds"),
-    (_job("negative_image_embeds: in/neg.npy"), "jobs[1].image_embeds", "together with negative_image_embeds"),
+    (_job(mask=""), "jobs[1]: ", r"no mask given \(what to repaint\): give mask_rects and/or mask, or extend"),
+    (_job(mask="mask_rects: []"), "jobs[1]: ", "no mask given .* give mask_rects and/or mask, or extend"),
+    # rules between keys: worded with keys, not flags
+    (_job("image_embeds: in/pos.npy"), "jobs[1]: ", "image_embeds and negative_image_embeds go together"),
+    (_job("negative_image_embeds: in/neg.npy"), "jobs[1]: ", "image_embeds and negative_image_embeds go together"),
+    (_job("resolution: 512\nheight: 64"), "jobs[1]: ", "height and width go together: .* follows resolution"),
+    (_job("width: 128"), "jobs[1]: ", "height and width go together"),
+    ("defaults:\n  height: 64\n" + _job(), "jobs[0]: ", "height and width go together"),
     # missing input files
     (_job(image="in/dog.png"), "jobs[1].image", "file not found: .*dog.png"),
     (_job(image="in"), "jobs[1].image", "not a file: "),
@@ -180,7 +184,7 @@ def test_errors_name_file_job_and_key(batch_dir, text, where, message):
     assert text.startswith(f"{path}: "), text
     assert where in text, text
     assert re.search(message, text), text
-    assert "\n" not in text
+    assert "\n" not in text and " --" not in text, text   # keys, never flags
 
 
 def test_missing_and_unreadable_batch_file(batch_dir):

@@ -30,7 +30,9 @@ FOUNDATION = re.compile(r"\bkandinsky\s+(mask|grid|batch)\b")
 # files a file's tested blocks must have written (in its directory), beyond their exit status
 OUTPUTS = {
     "README.md": ("mask.png", "mask.npy", "keep.png", "grid.png", "embeds/prior.image_embeds.npy", "hat.png",
-                  "hats-1.png", "hats-2.png", "hats-grid.png", "small-out/hat.png", "small-out/crown.png"),
+                  "hats-1.png", "hats-2.png", "hats-grid.png"),
+    "docs/batch.md": ("mask.png", "small-out/hat.png", "small-out/crown.png", "small-out/manifest.jsonl", "rerun.json"),
+    "docs/real-photos.md": ("region-mask.png",),
 }
 
 

@@ -138,8 +138,8 @@ def shard_from_env(environ: Mapping[str, str]) -> Shard:
             raise UserError("--shard auto: msrun started this worker without a rank (no RANK_ID): on several "
                             "hosts give msrun --node_rank (0 on the master host, 1, 2, ... on the others)")
         missing = " or ".join(RANK_VARIABLES) if rank is None else " or ".join(SIZE_VARIABLES)
-        raise UserError(f"--shard auto: {missing} is not set; start the command with msrun (see README: "
-                        f"batch) or give --shard K/N")
+        raise UserError(f"--shard auto: {missing} is not set; start the command with msrun (see "
+                        f"docs/batch.md) or give --shard K/N")
     (k, k_name), (n, n_name) = rank, size
     if n < 1 or not 0 <= k < n:
         raise UserError(f"--shard auto: {k_name}={k} and {n_name}={n} do not make a shard (need 0 <= rank < size)")

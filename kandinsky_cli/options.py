@@ -1,7 +1,7 @@
 """Every option of the tool, defined once: flag, YAML key, type, default, range and help.
 
 The command line (cli.py), batch files and folder mode (batchfile.py), the request objects (core.py), the PNG and
-manifest metadata and the README's option tables all come from :data:`OPTIONS`:
+manifest metadata and the option tables of docs/options.md all come from :data:`OPTIONS`:
 
 * the YAML key of an option is its ``key``; its flag is the key with dashes (``prior_steps`` <-> ``--prior-steps``),
   except repeatable flags, whose YAML key is the plural (``--mask-rect`` <-> ``mask_rects``, a list);
@@ -235,7 +235,7 @@ class Option:
         return self.check(value)
 
     def default_text(self) -> str:
-        """The default as the README and ``--help`` show it."""
+        """The default as the docs and ``--help`` show it."""
         if self.required:
             return "required"
         if self.default_doc is not None:
@@ -645,7 +645,7 @@ def kind_text(option: Option) -> str:
 
 
 def markdown_table(scope: str, aliases: Optional[Mapping[str, Sequence[str]]] = None) -> str:
-    """The README table of one scope's options: flag (and old spellings), YAML key, default, range, meaning."""
+    """The docs table of one scope's options: flag (and old spellings), YAML key, default, range, meaning."""
     rows = ["| flag | YAML key | default | values | meaning |", "|---|---|---|---|---|"]
     for o in in_scope(scope):
         flag = f"`{o.flag}/--no-{o.flag[2:]}`" if o.negatable else f"`{o.flag}`"
@@ -660,7 +660,7 @@ def markdown_table(scope: str, aliases: Optional[Mapping[str, Sequence[str]]] = 
 
 
 def table_markers(scope: str) -> Tuple[str, str]:
-    """The README lines around the generated table of ``scope``."""
+    """The docs lines around the generated table of ``scope``."""
     return f"<!-- options:{scope} -->", "<!-- /options -->"
 
 

@@ -4,7 +4,7 @@
 ``model_index.json``; in each component folder its configs and tokenizer files (``*.json``, ``*.txt``,
 ``*.model``) and its safetensors weights (one file, or an index and its shards); for float16 a component's
 ``fp16`` variant where it has one, its plain weights elsewhere. Pickle formats (``.bin``, ``.ckpt``, ...) are
-never fetched. ``kandinsky download`` and :func:`model_io.resolve_model_dir` (prior/inpaint/batch) both go
+never fetched. ``kandinsky download`` and :func:`resolve_model_dir` (prior/inpaint/batch) both go
 through :func:`locate`.
 
 The transfer itself is huggingface_hub's (``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``, tokens, locks,
@@ -32,10 +32,10 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 from tqdm.std import tqdm
 
-from .options import DTYPES
+from .precision import DTYPES
 from .errors import UserError
 from .interrupts import note_written
-from .model_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, looks_like_hub_id
+from .model_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, looks_like_hub_id, offline_requested
 
 MODEL_INDEX = "model_index.json"
 VARIANT = "fp16"                                  # the file-name variant diffusers/transformers give float16 weights
@@ -548,25 +548,34 @@ def report(snapshots: Dict[str, Snapshot], dtype: str) -> dict:
             "total_bytes": sum(s.total_bytes for s in snapshots.values())}
 
 
-def summary_table(snapshots: Dict[str, Snapshot], dtype: str):
-    """What is cached where and how big: a Rich table with one row per model, then each model's folder."""
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"models for --dtype {dtype} in the Hugging Face cache {escape(str(cache_dir()))}")
-    for column in ("", "model", "revision", "commit", "files", "size"):
-        table.add_column(column, overflow="fold")
-    for role, s in snapshots.items():
-        commit = "local folder" if s.commit is None else s.commit[:12]
-        table.add_row(role, escape(s.model), escape(s.revision or "-"), commit, str(len(s.files)),
-                      decimal(s.total_bytes))
-    folders = [f"{role}: {escape(str(s.folder))}" for role, s in snapshots.items()]
-    return Group(table, *folders)
-
-
 def check_line(snapshots: Dict[str, Snapshot], dtype: str) -> str:
     """``kandinsky download --check``'s answer when the cache is complete."""
     models = "; ".join(f"{role} {s.model} ({len(s.files)} files, {decimal(s.total_bytes)})"
                        for role, s in snapshots.items())
     return f"ok: everything a --dtype {dtype} run loads is here: {models}"
+
+
+def resolve_model_dir(model: str, offline: bool = False, revision: Optional[str] = None,
+                      dtype: str = "float32") -> Path:
+    """A local pipeline folder, or a hub id fetched into the HF cache: only the files a run at ``dtype``
+    loads (:func:`select_files`), from the cache alone when ``offline`` or HF_HUB_OFFLINE=1."""
+    return locate(model, revision, dtype, offline_requested(offline), terminal_console()).folder
+
+
+def fetch_models(prior_model: str, decoder_model: str, revision: Optional[str], dtype: str, offline: bool,
+                 check: bool) -> Dict[str, "Snapshot"]:
+    """``kandinsky download``: both pipelines located (fetched unless ``check`` or offline); with ``check`` every
+    model that is missing or damaged is named in one UserError."""
+    check_revision(revision)
+    console = None if check else terminal_console()
+    snapshots, problems = {}, []
+    for role, model in (("prior", prior_model), ("decoder", decoder_model)):
+        try:
+            snapshots[role] = locate(model, revision, dtype, check or offline_requested(offline), console)
+        except UserError as e:
+            if not check:
+                raise
+            problems.append(f"{role}: {e}")
+    if problems:
+        raise UserError("; ".join(problems))
+    return snapshots

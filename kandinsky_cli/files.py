@@ -42,6 +42,9 @@ PNG_KEY_TOOL, PNG_KEY_VERSION, PNG_KEY_PARAMETERS = "tool", "version", "paramete
 #: decompression-bomb warning (about 89 megapixels), so Pillow never warns about an accepted image.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
+#: Image files the tool reads (as Pillow reads them: PNG, JPEG, WebP), by extension.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
 
 # --------------------------------------------------------------------------------------------- writing
 

@@ -48,15 +48,6 @@ def looks_like_hub_id(model: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model)) and not model.startswith((".", "/"))
 
 
-def resolve_model_dir(model: str, offline: bool = False, revision: Optional[str] = None,
-                      dtype: str = "float32") -> Path:
-    """A local pipeline folder, or a hub id fetched into the HF cache: only the files a run at ``dtype``
-    loads (download.select_files), from the cache alone when ``offline`` or HF_HUB_OFFLINE=1."""
-    from . import download
-
-    return download.locate(model, revision, dtype, offline_requested(offline), download.terminal_console()).folder
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # configs
 # ------------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UserError
+from .files import IMAGE_SUFFIXES
+from .model_io import DEFAULT_DECODER, DEFAULT_PRIOR
+from .precision import DTYPES
+from .region import FILLS as EXTEND_FILLS, REGIONS, Extend, parse_extend
+from .schedulers import DECODER_SCHEDULERS as SCHEDULERS
+from .system import DEVICES as _TARGETS
 
 REQUIRED = object()
 SEED_MAX = 2**32 - 1
@@ -145,7 +151,6 @@ def rects(value: Any) -> Tuple[str, ...]:
     return tuple(value)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def mix_items(value: Any) -> Tuple[Tuple[str, float], ...]:
@@ -174,7 +179,6 @@ def mix_items(value: Any) -> Tuple[Tuple[str, float], ...]:
 
 def extend_margins(value: Any):
     """``"top=N,right=N,bottom=N,left=N"`` (any subset) or the same as a mapping -> :class:`region.Extend`."""
-    from .region import Extend, parse_extend
 
     if isinstance(value, Extend):
         return value
@@ -266,14 +270,8 @@ def _scopes(*names: str) -> FrozenSet[str]:
     return frozenset(names)
 
 
-DTYPES = ("float32", "float16", "bfloat16", "auto")
-REGIONS = ("full", "mask")
-EXTEND_FILLS = ("edge", "blur", "mean", "noise")
-MODES = ("graph", "pynative")
-DEVICES = ("cpu", "gpu", "ascend")
-SCHEDULERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde")
-DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
-DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
+MODES = ("graph", "pynative")         # layers.compiled: graph mode compiles each network once per shape
+DEVICES = tuple(_TARGETS)
 
 OPTIONS: Tuple[Option, ...] = (
     # -- what to paint
@@ -483,6 +481,14 @@ def ignored(values: Mapping[str, Any], given: Iterable[str]) -> List[Conflict]:
     """The options among ``given`` (those the user set, not defaults) that ``values`` makes ineffective."""
     given = set(given)
     return [Conflict(template, keys) for key, applies, template, keys in IGNORED if key in given and applies(values)]
+
+
+def warn_ignored(values: Mapping[str, Any], given: Iterable[str]) -> None:
+    """One ``warning:`` line per option the user gave that others make ineffective (worded with flags)."""
+    import warnings
+
+    for conflict in ignored(values, given):
+        warnings.warn(IgnoredOption(str(conflict)))
 
 
 def check_mix(prompt: Optional[str], mix: Sequence[Tuple[str, float]]) -> None:

@@ -41,12 +41,13 @@ from PIL import Image, ImageFilter
 from .errors import UserError
 from .files import check_pixels
 from .masks import MAX_SIDE, paste_back
-from .options import EXTEND_FILLS as FILLS, REGIONS, check_pairs
 
 SizeWH = Tuple[int, int]
 Box = Tuple[int, int, int, int]
 
 SIDES = ("top", "right", "bottom", "left")
+REGIONS = ("full", "mask")                          # --region
+FILLS = ("edge", "blur", "mean", "noise")           # --extend-fill
 DEFAULT_RESOLUTION = 768
 DEFAULT_PADDING = 32
 SIZE_MULTIPLE = 64
@@ -205,7 +206,8 @@ def plan(image_size: SizeWH, mask: np.ndarray, region: str = "full", padding: in
     ``extend`` is only recorded (the canvas and mask are already extended, see :func:`extend_canvas`).
     """
     check_options(region, padding, resolution)
-    check_pairs({"height": height, "width": width})
+    if (height is None) != (width is None):    # requests.InpaintRequest states the rule to users
+        raise ValueError("height and width go together")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (image_size[1], image_size[0]):
         raise ValueError(f"a mask of shape {mask.shape} for a {image_size[0]}x{image_size[1]} image")

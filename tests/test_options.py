@@ -98,7 +98,7 @@ def test_metadata_records_every_job_key(tmp_path):
     from kandinsky_cli.region import plan
 
     mask = np.ones((4, 4), bool)
-    job = Prepared(request, Image.new("RGB", (4, 4)), mask, 5, plan((4, 4), mask), mask.astype(np.float32))
+    job = Prepared(request, Image.new("RGB", (4, 4)), mask, 5, plan((4, 4), mask), mask.astype(np.float32), (4, 4))
     params = engine.parameters(job, 1)
     assert set(options.JOB_KEYS) <= set(params)
     assert {"working_size", "region", "region_box", "extend"} <= set(params)

@@ -13,6 +13,7 @@ megapixels, in any shape); the size is checked from the file's header, before an
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -451,9 +452,14 @@ def open_image(path: PathLike, what: str = "image") -> Image.Image:
         raise UserError(f"cannot read {what} {p}: corrupt image ({e})") from None
 
 
+#: Input images decoded in this process, by path (a batch decodes each job's image once: tests read this).
+DECODED: "collections.Counter[str]" = collections.Counter()
+
+
 def load_image(path: PathLike) -> Image.Image:
     """An input image as RGB (alpha dropped, as diffusers' ``load_image`` does); UserError if unusable."""
     image = open_image(path, "image")
+    DECODED[str(Path(path).resolve())] += 1
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

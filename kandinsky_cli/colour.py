@@ -49,3 +49,18 @@ def match_to_original(composed: np.ndarray, original: np.ndarray, weights: np.nd
     if reference.shape[0] == 0:
         reference = original[genuine]
     return match_colours(composed, reference, region)
+
+
+def match_job(job, images):
+    """``--color-match`` of a prepared job's outputs (a :class:`requests.Prepared`): pasted back, each matched by
+    :func:`match_to_original` (the margins of ``--extend`` left out of the reference); with paste-back off, each raw
+    output as a whole against the canvas's pixels in the region box."""
+    canvas = np.asarray(job.image)
+    if not job.request.paste_back:
+        x0, y0, x1, y1 = job.plan.region_box
+        region = canvas[y0:y1, x0:x1]
+        return [match_colours(image, region, np.ones(image.shape[:2], dtype=bool)) for image in images]
+    added = None
+    if job.request.extend is not None:
+        added = job.request.extend.pad(np.zeros(job.input_size, dtype=bool), True)
+    return [match_to_original(out, canvas, job.blend, added) for out in images]

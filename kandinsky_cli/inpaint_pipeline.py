@@ -89,6 +89,23 @@ def soft_keep_masks(change_latent: np.ndarray, n: int) -> np.ndarray:
     return change_latent[None] < soft_thresholds(n)[:, None, None]
 
 
+class SoftReset:
+    """Soft inpainting's resets of a run that starts at entry ``start`` of the sampler's schedule: before step i,
+    the latents where ``keep[i]`` (:func:`soft_keep_masks`) become ``original`` noised to entry start + i with the
+    initial noise draw (the sampler's ``add_noise``). ``keep`` None: no reset (a hard mask)."""
+
+    def __init__(self, sampler, original: np.ndarray, initial_noise: np.ndarray, start: int,
+                 keep: Optional[np.ndarray]):
+        self.sampler, self.original, self.initial_noise, self.start, self.keep = (sampler, original, initial_noise,
+                                                                                  start, keep)
+
+    def __call__(self, i: int, latents: np.ndarray) -> np.ndarray:
+        if self.keep is None or not self.keep[i].any():
+            return latents
+        return np.where(self.keep[i], self.sampler.add_noise(self.original, self.initial_noise, self.start + i),
+                        latents)
+
+
 # (di, dj) offsets from a non-keep pixel to the neighbours the pipeline's erosion zeroes (anti-diagonals are not).
 _EROSION_OFFSETS = ((-1, 0), (0, -1), (-1, -1), (1, 0), (0, 1), (1, 1))
 
@@ -168,11 +185,6 @@ class InpaintPipeline:
         self._encode_graph = compiled(self.movq.encode_latents, mode)
         self._decode_graph = compiled(self.movq.decode_latents, mode)
 
-    @classmethod
-    def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False,
-                        mode: str = "graph", bf16: bool = False):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode, bf16)
-
     def _tensor(self, arr):
         import mindspore as ms
 
@@ -244,6 +256,76 @@ class InpaintPipeline:
             variance = np.split(variance, 2)[1]
         return eps, variance
 
+    def _image_conditioning(self, image_embeds, negative_image_embeds, n: int, batch: int, cfg: bool):
+        """The UNet's image embeddings: (negative, positive) halves with guidance, each repeated per image."""
+        image_embeds = np.asarray(image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
+        negative_image_embeds = np.asarray(negative_image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
+        if cfg:
+            return np.concatenate([np.repeat(negative_image_embeds, n, axis=0), np.repeat(image_embeds, n, axis=0)])
+        if image_embeds.shape[0] != batch:
+            # diffusers does not repeat here and then fails on the batch mismatch; repeat to the batch instead
+            image_embeds = np.repeat(image_embeds, batch // image_embeds.shape[0], axis=0)
+        return image_embeds
+
+    def _movq(self, graph, eager, array: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A MoVQ encode or decode, compiled up to :data:`MOVQ_GRAPH_MAX_PIXELS` output pixels, eager above."""
+        fn = graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else eager
+        return fn(self._tensor(array)).asnumpy().astype(np.float32)
+
+    @staticmethod
+    def _mask_channels(mask: np.ndarray, image_latents: np.ndarray, batch: int, cfg: bool):
+        """The UNet's mask and masked-image channels: the keep mask at latent size (eroded as diffusers does) and the
+        image latents times it, one image for the whole batch (diffusers: repeat_interleave of one image)."""
+        mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
+        mask_in = np.repeat(mask, batch, axis=0)
+        masked_in = np.repeat(image_latents * mask, batch, axis=0)
+        if cfg:
+            mask_in = np.concatenate([mask_in, mask_in])
+            masked_in = np.concatenate([masked_in, masked_in])
+        return mask_in, masked_in
+
+    def _start(self, sampler, noise, image_latents: np.ndarray, batch: int, num_inference_steps: int,
+               strength: float, change_map: Optional[np.ndarray], size_hw):
+        """(timesteps, start latents, :class:`SoftReset`) of a run: the schedule truncated for ``strength``
+        (:func:`schedulers.strength_timesteps`); the initial noise draw times the sampler's initial sigma, or below
+        strength 1 the image latents noised by it to the start of the schedule; soft inpainting's resets."""
+        timesteps, start = strength_timesteps(sampler, num_inference_steps, strength)
+        h, w = get_new_h_w(size_hw[0], size_hw[1], self.scale_factor)
+        initial_noise = noise.randn((batch, self.latent_channels, h, w))
+        latents = initial_noise * np.float32(sampler.init_noise_sigma)
+        if latents.shape[-2:] != image_latents.shape[-2:]:
+            raise ValueError(f"latent size {latents.shape[-2:]} differs from the encoded image's "
+                             f"{image_latents.shape[-2:]}: height and width must be multiples of "
+                             f"{self.scale_factor**2}")
+        original = np.repeat(image_latents, batch, axis=0)
+        if strength < 1.0:
+            latents = sampler.add_noise(original, initial_noise, start)
+        keep = None if change_map is None else soft_keep_masks(latent_change_map(change_map, h, w), len(timesteps))
+        return timesteps, latents, SoftReset(sampler, original, initial_noise, start, keep)
+
+    def _denoise(self, sampler, timesteps, latents, conditioning, cfg: bool, guidance_scale: float, noise,
+                 callback: StepCallback, debug: Optional[dict], reset: Optional["SoftReset"] = None) -> np.ndarray:
+        """The step loop: the 9-channel UNet (latents, masked image latents, mask) with guidance, then the
+        sampler's step; the final latents. ``reset`` (soft inpainting) may replace latents before each step."""
+        masked_in, mask_in, t_hidden, t_embeds, t_image = conditioning
+        for i, t in enumerate(timesteps):
+            if reset is not None:
+                latents = reset(i, latents)
+            model_in = np.concatenate([latents, latents]) if cfg else latents
+            model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
+            t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
+            out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
+            eps, variance = self._guide(out.asnumpy().astype(np.float32), cfg, guidance_scale)
+            model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
+            step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
+            latents = sampler.step(model_out, int(t), latents, step_noise)
+            if debug is not None:
+                debug["step_eps_guided"].append(eps)
+                debug["step_latents_out"].append(latents)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+        return latents
+
     def __call__(self, prompt: Union[str, List[str]], image, mask_image, image_embeds: np.ndarray,
                  negative_image_embeds: np.ndarray, negative_prompt: Union[None, str, List[str]] = None,
                  height: int = 512, width: int = 512, num_inference_steps: int = 100, guidance_scale: float = 4.0,
@@ -277,68 +359,26 @@ class InpaintPipeline:
         cfg = guidance_scale > 1.0
         embeds, hidden = self._encode_prompt(prompts, n, cfg, negative)
         clock.lap("text_s")
-        image_embeds = np.asarray(image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
-        negative_image_embeds = np.asarray(negative_image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
-        if cfg:
-            image_embeds = np.concatenate([np.repeat(negative_image_embeds, n, axis=0),
-                                           np.repeat(image_embeds, n, axis=0)])
-        elif image_embeds.shape[0] != batch:
-            # diffusers does not repeat here and then fails on the batch mismatch; repeat to the batch instead
-            image_embeds = np.repeat(image_embeds, batch // image_embeds.shape[0], axis=0)
-
-        mask = preprocess_mask(mask_image, height, width)
+        image_embeds = self._image_conditioning(image_embeds, negative_image_embeds, n, batch, cfg)
         pixels = preprocess_image(image, height, width)
-        encode = self._encode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.encode_latents
-        image_latents = encode(self._tensor(pixels)).asnumpy().astype(np.float32)
+        image_latents = self._movq(self._encode_graph, self.movq.encode_latents, pixels, height, width)
         clock.lap("movq_encode_s")
-        mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
-        masked = image_latents * mask
-        # one image for the whole batch (diffusers: repeat_interleave(num_images_per_prompt) of one image)
-        mask_in = np.repeat(mask, batch, axis=0)
-        masked_in = np.repeat(masked, batch, axis=0)
-        if cfg:
-            mask_in = np.concatenate([mask_in, mask_in])
-            masked_in = np.concatenate([masked_in, masked_in])
+        mask_in, masked_in = self._mask_channels(preprocess_mask(mask_image, height, width), image_latents, batch,
+                                                 cfg)
 
-        timesteps, start = strength_timesteps(sampler, num_inference_steps, strength)
-        h, w = get_new_h_w(height, width, self.scale_factor)
-        initial_noise = noise.randn((batch, self.latent_channels, h, w))
-        latents = initial_noise * np.float32(sampler.init_noise_sigma)
-        if latents.shape[-2:] != masked_in.shape[-2:]:
-            raise ValueError(f"latent size {latents.shape[-2:]} differs from the encoded image's "
-                             f"{masked_in.shape[-2:]}: height and width must be multiples of {self.scale_factor**2}")
-        original = np.repeat(image_latents, batch, axis=0)
-        if strength < 1.0:
-            latents = sampler.add_noise(original, initial_noise, start)
-        keep = None
-        if change_map is not None:
-            keep = soft_keep_masks(latent_change_map(change_map, h, w), len(timesteps))
+        timesteps, latents, reset = self._start(sampler, noise, image_latents, batch, num_inference_steps, strength,
+                                                change_map, (height, width))
         if debug is not None:
             debug.update(movq_in_image=pixels, movq_image_latents=image_latents, unet_mask=mask_in[:batch],
                          unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
                          unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
-                         noise_00=initial_noise.copy(), start_latents=latents.copy(), soft_keep=keep,
+                         noise_00=reset.initial_noise.copy(), start_latents=latents.copy(), soft_keep=reset.keep,
                          step_eps_guided=[], step_latents_out=[])
-        t_hidden, t_embeds, t_image = self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds)
-        for i, t in enumerate(timesteps):
-            if keep is not None and keep[i].any():
-                latents = np.where(keep[i], sampler.add_noise(original, initial_noise, start + i), latents)
-            model_in = np.concatenate([latents, latents]) if cfg else latents
-            model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
-            t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
-            out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
-            eps, variance = self._guide(out.asnumpy().astype(np.float32), cfg, guidance_scale)
-            model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
-            step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
-            latents = sampler.step(model_out, int(t), latents, step_noise)
-            if debug is not None:
-                debug["step_eps_guided"].append(eps)
-                debug["step_latents_out"].append(latents)
-            if callback is not None:
-                callback(i + 1, len(timesteps))
+        conditioning = (masked_in, mask_in, self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds))
+        latents = self._denoise(sampler, timesteps, latents, conditioning, cfg, guidance_scale, noise, callback, debug,
+                                reset)
         clock.lap("unet_s")
-        decode = self._decode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.decode_latents
-        decoded = decode(self._tensor(latents)).asnumpy().astype(np.float32)
+        decoded = self._movq(self._decode_graph, self.movq.decode_latents, latents, height, width)
         clock.lap("movq_decode_s")
         if debug is not None:
             debug["movq_decoded_preclamp"] = decoded

@@ -34,7 +34,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import UserError
+from .errors import InputError, UserError, about
 from .files import ImageLike, PathLike, open_image, save_npy, save_png, to_pil
 
 SizeHW = Tuple[int, int]
@@ -342,14 +342,13 @@ def soft_change_map(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects
     4. ``feather N``: outside the map's >= 0.5 area, the maximum of the map and the paste-back ramp of that area
        (:func:`feather_weights`), so a 0/1 mask's map is exactly its feathered paste-back weights.
 
-    Raises a UserError when no pixel may change.
+    Raises an :class:`InputError` (naming the key at fault) for a bad rectangle or mask file, or when no pixel may
+    change. Whether a mask was given at all is :func:`options.check_mask_given`'s rule.
     """
-    rects = list(rects)
-    if mask_path is None and not rects:
-        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
     change = np.zeros(size_hw, dtype=np.float32)
     if mask_path is not None:
-        grey = read_mask_file(mask_path)
+        with about("mask"):
+            grey = read_mask_file(mask_path)
         if grey.shape != tuple(size_hw):
             warnings.warn(MaskWarning(
                 f"mask {mask_path} is {format_size(grey.shape)} but the image is {format_size(size_hw)}: "
@@ -357,12 +356,14 @@ def soft_change_map(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects
             grey = np.asarray(Image.fromarray(grey.astype(np.float32)).resize(
                 (size_hw[1], size_hw[0]), Image.Resampling.BILINEAR), dtype=np.float32)
         change = np.maximum(change, np.clip(grey, 0.0, 1.0))
-    for rect in rects:
-        change[rect_mask(rect, size_hw)] = 1.0
+    for i, rect in enumerate(rects):
+        with about(f"mask_rects[{i}]"):
+            change[rect_mask(rect, size_hw)] = 1.0
     if invert:
         change = np.float32(1.0) - change
     if not (change > 0).any():
-        raise UserError("the soft mask is 0 everywhere: nothing to repaint (white = repaint)")
+        raise InputError("invert_mask" if invert else "mask",
+                         "the soft mask is 0 everywhere: nothing to repaint (white = repaint)")
     if grow:
         if np.all((change == 0) | (change == 1)):
             change = dilate(change > 0, grow).astype(np.float32)
@@ -400,21 +401,21 @@ def build_mask(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects: Ite
     Raises a UserError for a bad rectangle or mask file, or when the result selects no pixel.
     """
     rects = list(rects)
-    if mask_path is None and not rects:
-        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
     if grow < 0:
         raise UserError(f"bad grow {grow}: must be >= 0")
     mask = np.zeros(size_hw, dtype=bool)
     if mask_path is not None:
-        mask |= load_mask_file(mask_path, size_hw)
-    for rect in rects:
-        mask |= rect_mask(rect, size_hw)
+        with about("mask"):
+            mask |= load_mask_file(mask_path, size_hw)
+    for i, rect in enumerate(rects):
+        with about(f"mask_rects[{i}]"):
+            mask |= rect_mask(rect, size_hw)
     if invert:
         mask = ~mask
     if not mask.any():
         what = "the inverted mask" if invert else f"mask {mask_path}" if mask_path is not None else "the mask"
         hint = " (it covered the whole image)" if invert else " (it is all black; white = repaint)"
-        raise UserError(f"{what} selects no pixel: nothing to repaint{hint}")
+        raise InputError("invert_mask" if invert else "mask", f"{what} selects no pixel: nothing to repaint{hint}")
     return dilate(mask, grow) if grow else mask
 
 
@@ -437,8 +438,6 @@ class MaskSpec:
         object.__setattr__(self, "parsed_rects", tuple(parse_rect(r) for r in self.rects))
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
-        if self.path is None and not self.rects:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
         for name in ("grow", "feather"):
             if getattr(self, name) < 0:
                 raise UserError(f"bad {name} {getattr(self, name)}: must be >= 0")
@@ -457,10 +456,6 @@ class MaskSpec:
     def soft_map(self, size_hw: SizeHW) -> np.ndarray:
         """The ``--soft`` change map (float (H, W) in [0, 1]), see :func:`soft_change_map`."""
         return soft_change_map(size_hw, self.path, self.parsed_rects, self.invert, self.grow, self.feather)
-
-    def blend_weights(self, mask: np.ndarray) -> np.ndarray:
-        """Weights for :func:`paste_back` from the hard mask (see :func:`feather_weights`)."""
-        return feather_weights(mask, self.feather)
 
     def parameters(self) -> dict:
         """The spec as JSON-able parameters (for PNG metadata)."""

@@ -365,15 +365,15 @@ class InpaintPipeline:
         clock.lap("movq_encode_s")
         mask_in, masked_in = self._mask_channels(preprocess_mask(mask_image, height, width), image_latents, batch,
                                                  cfg)
-
         timesteps, latents, reset = self._start(sampler, noise, image_latents, batch, num_inference_steps, strength,
                                                 change_map, (height, width))
         if debug is not None:
             debug.update(movq_in_image=pixels, movq_image_latents=image_latents, unet_mask=mask_in[:batch],
                          unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
                          unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
-                         noise_00=reset.initial_noise.copy(), start_latents=latents.copy(), soft_keep=reset.keep,
-                         step_eps_guided=[], step_latents_out=[])
+                         noise_00=reset.initial_noise.copy(), step_eps_guided=[], step_latents_out=[])
+            if strength < 1.0 or change_map is not None:   # the controls' own intermediates
+                debug.update(start_latents=latents.copy(), soft_keep=reset.keep)
         conditioning = (masked_in, mask_in, self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds))
         latents = self._denoise(sampler, timesteps, latents, conditioning, cfg, guidance_scale, noise, callback, debug,
                                 reset)

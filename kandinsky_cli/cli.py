@@ -452,6 +452,37 @@ def batch_command(
         raise typer.Exit(code)
 
 
+@app.command("serve")
+@options.command(ENGINE_OPTIONS)
+def serve_command(
+    host: Annotated[str, typer.Option("--host", metavar="ADDR", help="Address to listen on. Other than loopback "
+                                      "(127.0.0.1, ::1, localhost) it needs --token or --no-auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="N", help="Port (0: any free one).")]
+    = 7860,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out-dir", metavar="DIR", show_default=False,
+        help="Where uploads and outputs go, one folder per job id (default: serve/ in the tool's cache folder, "
+             "~/.cache/kandinsky/serve or $KANDINSKY_CACHE/serve).")] = None,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="KANDINSKY_TOKEN", metavar="TOKEN", show_default=False,
+        help="Every API call needs 'Authorization: Bearer TOKEN' (also $KANDINSKY_TOKEN).")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback --host without a token.")]
+    = False,
+    queue_size: Annotated[int, typer.Option("--queue", min=1, max=1000, metavar="N",
+                                            help="Jobs that may wait while one runs; more: HTTP 503.")] = 8,
+    values: Optional[dict] = None,
+) -> None:
+    """Keep the models loaded behind an HTTP API (/api/v1) and a web page to paint masks (/); Ctrl-C stops it.
+
+    Example: kandinsky serve --port 7860, then open http://127.0.0.1:7860/
+    """
+    from .server import serve
+
+    engine = {**options.defaults(options.ENGINE_KEYS), **_given({k: (values or {}).get(k)
+                                                                 for k in options.ENGINE_KEYS})}
+    serve(engine, host, port, out_dir, token, no_auth, queue_size, stderr.print)
+
+
 @app.command("download")
 @options.command([o for o in ENGINE_OPTIONS if o.key in ("prior_model", "decoder_model", "dtype", "offline")])
 def download_command(

@@ -335,6 +335,10 @@ def prior_command(
 def inpaint_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", show_default=False, help="Input image (PNG/JPEG/WebP).")],
     json_out: JsonOption = False,
+    server: Annotated[Optional[str], typer.Option(
+        "--server", envvar="KANDINSKY_SERVER", metavar="URL", show_default=False,
+        help="Run the job on a `kandinsky serve` at URL (also $KANDINSKY_SERVER; its token from $KANDINSKY_TOKEN) "
+             "and write the result here, as a local run would.")] = None,
     values: Optional[dict] = None,
 ) -> None:
     """Repaint the masked area of IMAGE from a prompt (runs the prior first unless embeddings are given).
@@ -349,10 +353,13 @@ def inpaint_command(
     job.setdefault("out", Path(f"{image.stem}-inpainted.png"))
     if "prompt" not in job:
         raise UserError("missing option '--prompt' (what to paint)")
-    engine = _engine(values)
-    prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
-    with _StepProgress() as progress:
-        result = engine.run(prepared, progress)
+    if server:
+        result = _inpaint_remote(server, job, values)
+    else:
+        engine = _engine(values)
+        prepared = engine.prepare(InpaintRequest(job))   # every input, output and model folder, before any model loads
+        with _StepProgress() as progress:
+            result = engine.run(prepared, progress)
     interrupts.note_written(result.outputs + ([result.grid] if result.grid else []))
     written = [str(p) for p in result.outputs] + ([str(result.grid)] if result.grid else [])
     if json_out:
@@ -362,6 +369,21 @@ def inpaint_command(
         stdout.print(f"seed {result.seed}")
         for path in written:
             stdout.print(f"wrote {escape(path)}")
+
+
+def _inpaint_remote(server: str, job: dict, values: dict) -> Any:
+    """``inpaint --server``: the job runs on the server (remote.py); the models are the server's."""
+    from .remote import ServerFailure, inpaint_remote
+
+    engine_flags = [options.flag_of(k) for k in options.ENGINE_KEYS if values.get(k) is not None]
+    if engine_flags:
+        raise UserError(f"{', '.join(engine_flags)}: with --server the models and how they run are the server's "
+                        f"(give them to kandinsky serve)")
+    try:
+        with _StepProgress() as progress:
+            return inpaint_remote(server, job, progress)
+    except ServerFailure as e:
+        _fail(str(e), 1)
 
 
 @app.command("batch")

@@ -284,17 +284,16 @@ class Worker:
     def submit(self, job: Job) -> None:
         if self.stopping.is_set():
             raise ApiError(503, "the server is shutting down")
-        with self.jobs_lock:
-            try:
-                self.queue.put_nowait(job)
-            except queue.Full:
+        with self.jobs_lock:   # the only producer; the worker only takes, so a checked queue has room
+            if self.queue.full():
                 raise ApiError(503, f"the server is busy: {self.queue_size} job(s) are already waiting (the limit "
-                                    f"of kandinsky serve --queue); try again when one has finished") from None
+                                    f"of kandinsky serve --queue); try again when one has finished")
+            job.emit("queued", {"position": self.queue.qsize() + 1})
+            self.queue.put_nowait(job)
             self.jobs[job.id] = job
             finished = [k for k, j in self.jobs.items() if j.status in FINAL]
             for k in finished[:max(0, len(finished) - KEPT_JOBS)]:
                 del self.jobs[k]
-        job.emit("queued", {"position": self.position(job)})
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)

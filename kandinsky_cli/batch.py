@@ -36,10 +36,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .batchfile import Job, check_job_inputs
+from .batchfile import Job, in_job, prepare_job
+from .requests import Prepared
 from .errors import UserError
 from .files import to_json
-from .interrupts import Interrupts  # noqa: F401  (the runner defers them while writing)
+from .options import Conflict
+from .system import DEVICE_ID_VARIABLE
+from .interrupts import Interrupts, note_written  # the runner defers interrupts while writing
 
 MANIFEST_NAME = "manifest.jsonl"
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -48,7 +51,7 @@ DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 #: worker: RANK_ID/RANK_SIZE for rank-table compatibility, MS_NODE_ID/MS_WORKER_NUM for its own cluster).
 RANK_VARIABLES = ("RANK_ID", "MS_NODE_ID")
 SIZE_VARIABLES = ("RANK_SIZE", "MS_WORKER_NUM")
-DEVICE_VARIABLE = "DEVICE_ID"
+
 
 
 # ------------------------------------------------------------------------------------------ seeds and order
@@ -137,12 +140,12 @@ def shard_from_env(environ: Mapping[str, str]) -> Shard:
             raise UserError("--shard auto: msrun started this worker without a rank (no RANK_ID): on several "
                             "hosts give msrun --node_rank (0 on the master host, 1, 2, ... on the others)")
         missing = " or ".join(RANK_VARIABLES) if rank is None else " or ".join(SIZE_VARIABLES)
-        raise UserError(f"--shard auto: {missing} is not set; start the command with msrun (see README: "
-                        f"batch) or give --shard K/N")
+        raise UserError(f"--shard auto: {missing} is not set; start the command with msrun (see "
+                        f"docs/batch.md) or give --shard K/N")
     (k, k_name), (n, n_name) = rank, size
     if n < 1 or not 0 <= k < n:
         raise UserError(f"--shard auto: {k_name}={k} and {n_name}={n} do not make a shard (need 0 <= rank < size)")
-    device = _env_int(environ, (DEVICE_VARIABLE,))
+    device = _env_int(environ, (DEVICE_ID_VARIABLE,))
     return Shard(k, n, f"{k_name}/{n_name}", device[0] if device else None)
 
 
@@ -159,6 +162,7 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.lines = 0   # lines this object appended (for the exit line of an interrupted batch)
 
     def append(self, records: Sequence[dict]) -> None:
         if not records:
@@ -176,6 +180,7 @@ class Manifest:
                 while written < len(data):   # a short write to a regular file: only when the disk is full
                     written += os.write(fd, data[written:])
                 os.fsync(fd)
+                self.lines += len(records)
             finally:
                 os.close(fd)   # also releases the lock
         except OSError as e:
@@ -197,6 +202,82 @@ def read_manifest(path: Path) -> List[dict]:
         except ValueError:
             continue
     return records
+
+
+# ------------------------------------------------------------------------------------------ output locks
+
+#: Why a job is skipped: its outputs exist; or another process holds its lock (the reason then names the holder).
+OUTPUTS_EXIST = "outputs exist"
+BUSY = "being computed by another process"
+
+
+class OutputLock:
+    """A job's lock, so that processes sharing a batch (without ``--shard``) do not compute a job twice: an exclusive
+    ``flock`` on the hidden file ``.<output>.lock`` beside the job's first output, holding the owner's pid and host.
+
+    The kernel releases the lock when its owner exits or dies (a lock file left by a killed process is stale and is
+    simply taken over). The owner removes the file while still holding the lock; a process that locked a file in the
+    meantime notices that the name now leads elsewhere (another inode, or nothing) and tries again. The file is
+    never an output: resuming looks at the outputs only.
+    """
+
+    def __init__(self, output: Path):
+        output = Path(output)
+        self.path = output.with_name(f".{output.name}.lock")
+        self.fd: Optional[int] = None
+        self._created: List[Path] = []
+
+    def acquire(self) -> Optional[str]:
+        """Take the lock: None when taken, else who holds it (``'pid 123 on host'``)."""
+        self._created = [p for p in self.path.parents if not p.exists()][::-1]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                return holder or "another process"
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+                self.fd = fd
+                return None
+            os.close(fd)   # its owner removed it as we opened it: take the name anew
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now (nothing is created)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)   # while holding the lock: see the class docstring
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        for folder in reversed(self._created):   # folders made for the lock alone (the job wrote nothing)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 # ------------------------------------------------------------------------------------------ signals
@@ -236,14 +317,13 @@ class Reporter:
         """The job is done, skipped or failed."""
 
 
-def job_request(job: Job, seed: int):
-    """The request a job runs: its own, with the seed it gets (given, or derived)."""
-    return job.request.replace(seed=seed)
 
 
 def _short_reason(job: Job, error: BaseException) -> str:
     """The error without the ``'jobs.yaml: jobs[3]'`` prefix (the summary shows the job already)."""
     text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, Conflict) and Path(job.source).is_file():   # a batch file's job: its keys, not flags
+        text = error.worded(str)
     if not isinstance(error, UserError):
         text = f"{type(error).__name__}: {text}"
     for prefix in (f"{job.where}.", f"{job.where}: "):
@@ -267,12 +347,13 @@ class BatchRunner:
         self.reporter = reporter or Reporter()
         self.interrupts = interrupts or Interrupts()
         self.outcomes: List[JobOutcome] = []
+        self.prepared: Dict[int, object] = {}     # job index -> Prepared, or the error preparing it raised
         self._prior_checked = False
 
     def will_skip(self, job: Job) -> bool:
         return not self.overwrite and job.problem is None and outputs_exist(job)
 
-    def ensure_models(self, job: Job) -> None:
+    def ensure_models(self, job) -> None:
         """Choose the device and load the models this job needs, on first need only (a rerun that skips
         everything loads nothing). A model that cannot be loaded is an error of the whole batch, not of
         every job: its UserError ends the run (exit code 2)."""
@@ -285,6 +366,9 @@ class BatchRunner:
     def run(self, jobs: Sequence[Job]) -> List[JobOutcome]:
         """Run ``jobs`` (already selected for this shard) in :func:`run_order`."""
         ordered = run_order(jobs)
+        for job in ordered:
+            if job.problem is None and not self.will_skip(job) and not OutputLock(job.out).held_elsewhere():
+                self.prepared[job.index] = self._prepare(job)
         self.prepare_embeddings(ordered)
         self.reporter.start(ordered)
         for position, job in enumerate(ordered, 1):
@@ -294,25 +378,24 @@ class BatchRunner:
             self.reporter.job_end(position, outcome)
         return self.outcomes
 
+    def _prepare(self, job: Job):
+        """The job's inputs, opened once for the whole run (an error is kept: the job fails with it when it runs)."""
+        try:
+            with warnings.catch_warnings():   # shown again (once) when the job runs
+                warnings.simplefilter("ignore")
+                return prepare_job(job, job_seed(job, self.base_seed)[0])
+        except Exception as e:   # KeyboardInterrupt is not caught
+            return e
+
     def prepare_embeddings(self, jobs: Sequence[Job]) -> None:
         """Make the embeddings of every pending job that needs the prior (once per distinct request; the engine frees
         the prior afterwards, so the prior and the decoder are never in memory together); then encode every pending
         job's texts with one load of the decoder's text encoder, and free that too."""
-        def inputs_ok(job: Job) -> bool:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    check_job_inputs(job)
-                return True
-            except Exception:   # the job fails with this reason when it runs
-                return False
-
-        pending = [job for job in jobs if job.problem is None and not self.will_skip(job) and inputs_ok(job)]
+        pending = [self.prepared[job.index] for job in jobs if isinstance(self.prepared.get(job.index), Prepared)]
         if not pending:
             return
         self.engine.select_device()
-        prior_requests = [job.request.prior_request(job_seed(job, self.base_seed)[0]) for job in pending
-                          if job.uses_prior]
+        prior_requests = [p.request.prior_request(p.seed) for p in pending if p.request.uses_prior]
         try:
             self.engine.make_embeddings(prior_requests)
         except UserError:
@@ -320,13 +403,30 @@ class BatchRunner:
         except Exception:
             pass    # the job at fault fails with its own reason when it runs
 
-        self.ensure_models(pending[0])
-        self.engine.encode_texts([job.request for job in pending])
+        self.ensure_models(pending[0].request)
+        self.engine.encode_texts([p.request for p in pending])
 
     def run_job(self, job: Job) -> JobOutcome:
+        """Run one job under its :class:`OutputLock`: skipped when its outputs exist (unless ``overwrite``) or when
+        another process is computing it."""
         seed, seed_source = job_seed(job, self.base_seed)
         if self.will_skip(job):
-            return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), "outputs exist")
+            return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), OUTPUTS_EXIST)
+        lock = OutputLock(job.out)
+        try:
+            holder = lock.acquire()
+        except OSError:   # no lock where nothing can be written: the job fails writing, with its own reason
+            holder = None
+        if holder is not None:
+            return JobOutcome(job, SKIPPED, seed, seed_source, [], f"{BUSY} ({holder})")
+        try:
+            if self.will_skip(job):   # finished by another process since the check above
+                return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), OUTPUTS_EXIST)
+            return self._run_locked(job, seed, seed_source)
+        finally:
+            lock.release()
+
+    def _run_locked(self, job: Job, seed: int, seed_source: str) -> JobOutcome:
 
         def step(stage: str, i: int, n: int) -> None:
             self.reporter.step(stage, i, n)
@@ -341,17 +441,18 @@ class BatchRunner:
 
         started, t0 = _now(), time.perf_counter()
         try:
-            try:
-                with warnings.catch_warnings():   # engine.inpaint warns about a resized mask itself
-                    warnings.simplefilter("ignore")
-                    check_job_inputs(job)
-            except Exception as e:   # the job fails, the batch goes on (KeyboardInterrupt is not caught)
-                return failed(e)
+            prepared = self.prepared.pop(job.index, None)
+            if prepared is None:       # not prepared before the run started (e.g. it was held elsewhere then)
+                prepared = self._prepare(job)
+            if isinstance(prepared, BaseException):
+                return failed(prepared)   # the job fails, the batch goes on
             t_load = time.perf_counter()
-            self.ensure_models(job)
+            self.ensure_models(job.request)
             load_s = time.perf_counter() - t_load
             try:
-                result = self.engine.inpaint(job_request(job, seed), step)
+                result = self.engine.run(self.engine.preflight(prepared), step)
+            except UserError as e:
+                return failed(in_job(job, e))
             except Exception as e:
                 return failed(e)
             timings = {**result.timings, **({"load_s": load_s} if load_s >= 0.01 else {}),
@@ -359,6 +460,7 @@ class BatchRunner:
             outcome = JobOutcome(job, DONE, seed, seed_source, list(result.outputs), None, timings["job_s"], timings)
             self.manifest.append([self._record(outcome, started, result.parameters, path, k)
                                   for k, path in enumerate(result.outputs, 1)])
+            note_written(result.outputs + ([result.grid] if result.grid else []))
             return outcome
         finally:
             self.interrupts.resume()
@@ -384,3 +486,124 @@ def counts(outcomes: Iterable[JobOutcome]) -> Dict[str, int]:
     for outcome in outcomes:
         result[outcome.status] += 1
     return result
+
+
+# ------------------------------------------------------------------------------------------ whole batches
+
+def load_jobs(jobs_file: Optional[Path], images: Optional[Path], masks: Optional[Path], folder_values: dict,
+              out_dir: Optional[Path]):
+    """(jobs, manifest folder, title) of a batch file, or of folder mode (``images`` with the job options)."""
+    from . import options
+    from .batchfile import folder_jobs, load_batch
+    from .files import check_output_dir
+
+    given = [key for key, value in folder_values.items() if value is not None] + (["masks"] if masks else [])
+    if jobs_file is not None and images is not None:
+        raise UserError("give a batch file JOBS.yaml or --images DIR (folder mode), not both")
+    if jobs_file is None and images is None:
+        raise UserError("give a batch file (kandinsky batch JOBS.yaml) or a folder of images (--images DIR ...)")
+    if out_dir is not None:
+        check_output_dir(out_dir)
+    if jobs_file is not None:
+        if given:
+            names = ", ".join(options.flag_of(key) if key in options.BY_KEY else "--" + key for key in given)
+            raise UserError(f"{names}: job options are for folder mode (--images DIR); in a batch file give the "
+                            f"job keys under 'defaults:' or per job")
+        jobs = load_batch(jobs_file, out_dir=out_dir)
+        return jobs, (out_dir if out_dir is not None else jobs_file.resolve().parent / "outputs"), str(jobs_file)
+    if out_dir is None:
+        raise UserError("folder mode (--images) needs --out-dir DIR for the results")
+    return folder_jobs(images, folder_values, out_dir, masks=masks), out_dir, f"--images {images}"
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run did, for the summary table, ``--json`` and the exit line."""
+
+    title: str
+    manifest_path: Path
+    shard: Shard
+    base_seed: int
+    outcomes: List[JobOutcome]
+    total: int
+    total_jobs: int
+    counters: Dict[str, int]
+    interrupted: bool
+    elapsed_s: float
+    manifest_lines: int
+
+    @property
+    def counts(self) -> Dict[str, int]:
+        return counts(self.outcomes)
+
+    @property
+    def shard_part(self) -> str:
+        return f" (shard {self.shard.label} of {self.total_jobs} jobs)" if self.shard.size > 1 else ""
+
+    def as_dict(self) -> dict:
+        return {"batch": self.title, "manifest": str(self.manifest_path), "shard": self.shard.as_dict(),
+                "base_seed": self.base_seed, "jobs": [o.as_dict() for o in self.outcomes],
+                "counts": {**self.counts, "total": self.total}, "counters": self.counters,
+                "interrupted": self.interrupted, "elapsed_s": round(self.elapsed_s, 3)}
+
+
+def run_batch(title: str, mine: List[Job], total_jobs: int, shard: Shard, manifest_path: Path, base_seed: int,
+              overwrite: bool, engine, reporter: Reporter) -> BatchSummary:
+    """Run this shard's jobs; an interrupt ends the run with what finished (``interrupted`` set)."""
+    started = time.perf_counter()
+    interrupted = False
+    manifest = Manifest(manifest_path)
+    with Interrupts() as signals:
+        runner = BatchRunner(engine, manifest, shard, base_seed, overwrite, reporter, signals)
+        try:
+            runner.run(mine)
+        except KeyboardInterrupt:
+            interrupted = True
+    outcomes = sorted(runner.outcomes, key=lambda o: o.job.index)
+    return BatchSummary(title, manifest_path, shard, base_seed, outcomes, len(mine), total_jobs,
+                        engine.counter_snapshot(), interrupted, time.perf_counter() - started, manifest.lines)
+
+
+@dataclass
+class BatchCheck:
+    """``batch --check``: one row per job (job, input size, plan, (seed, source), skipped) and why the model checks
+    were left out (None when they were made)."""
+
+    rows: List[tuple]
+    unchecked: Optional[str]
+
+
+def check_batch(mine: List[Job], base_seed: int, overwrite: bool, engine_values: dict, folder: bool) -> BatchCheck:
+    """Open every input of these jobs (as a run prepares them) and make the checks a run makes with the decoder
+    folder when it is here (local, or cached); no model is loaded."""
+    prepared = [prepare_job(job, job_seed(job, base_seed)[0]) for job in mine]
+    unchecked = decoder_checks(mine, prepared, engine_values, folder)
+    rows = [(job, p.input_size, p.plan, job_seed(job, base_seed), not overwrite and outputs_exist(job))
+            for job, p in zip(mine, prepared)]
+    return BatchCheck(rows, unchecked)
+
+
+def decoder_checks(jobs: List[Job], prepared: List[Prepared], engine_values: dict, folder: bool) -> Optional[str]:
+    """The checks a run makes with the decoder folder before computing (sampler steps, memory), for ``batch
+    --check``: with a local folder, or a hub id already in the cache (nothing is downloaded, no network is built).
+    Returns why they were left out (a hub id not cached yet), or None."""
+    from .core import Kandinsky
+    from .model_io import looks_like_hub_id, offline_requested
+
+    model = engine_values["decoder_model"]
+    from_cache = looks_like_hub_id(model) and not Path(model).expanduser().is_dir()
+    engine = Kandinsky(**{**engine_values, "offline": True})
+    try:
+        engine.root("decoder")
+    except UserError:
+        if from_cache and not offline_requested(engine_values["offline"]):
+            return f"the decoder {model} is not in the Hugging Face cache yet"
+        raise   # a run would stop here too
+    # float32/float16 need no device to be known (auto and bfloat16 ask the device, as a run does)
+    dtype = engine.dtype_requested if engine.dtype_requested in ("float32", "float16") else engine.dtype_name
+    for job, p in zip(jobs, prepared):
+        try:
+            engine.check_decoder_run(job.request, p.plan, dtype)
+        except UserError as e:
+            raise (e if folder else in_job(job, e)) from None
+    return None

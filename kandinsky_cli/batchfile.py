@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from . import options
-from .core import InpaintRequest, canvas_and_mask, make_plan
 from .errors import UserError
-from .files import PathLike, check_writable_output, load_image
-from .masks import SizeHW, load_mask_file, rect_mask
+from .files import IMAGE_SUFFIXES, PathLike
 from .options import JOB_KEYS, describe as _describe
-from .region import Plan
+from .requests import InpaintRequest, Prepared, prepare
 from .yamlsafe import load_yaml_bounded
 
 TOP_LEVEL_KEYS = ("defaults", "jobs")
@@ -89,12 +86,11 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
     for key in JOB_KEYS:
         if options.BY_KEY[key].required and key not in values:
             raise UserError(f"{where}: missing required key {key!r}")
-    if values.get("mask") is None and not values.get("mask_rects") and values.get("extend") is None:
-        raise UserError(f"{where}: missing required key 'mask' or 'mask_rects' (what to repaint), or 'extend'")
-    if (values.get("image_embeds") is None) != (values.get("negative_image_embeds") is None):
-        given = "image_embeds" if values.get("image_embeds") is not None else "negative_image_embeds"
-        missing = "negative_image_embeds" if given == "image_embeds" else "image_embeds"
-        raise UserError(f"{where}.{missing}: must be given together with {given}")
+    try:
+        options.check_mask_given(values)
+        options.check_pairs(values)
+    except options.Conflict as e:
+        raise e.in_file(where) from None
     fields = {**options.defaults(JOB_KEYS), **values}
     for key in INPUT_PATH_KEYS:
         fields[key] = _resolve(base, fields[key])
@@ -106,7 +102,27 @@ def _make_job(source: Path, base: Path, index: int, values: Dict[str, Any], out_
         fields["out"] = _resolve(base, out)
     else:
         fields["out"] = _resolve(out_dir, fields["out"] if fields["out"] is not None else f"{fields['image'].stem}.png")
-    return Job(source, index, InpaintRequest(fields))
+    try:
+        return Job(source, index, InpaintRequest(fields))
+    except options.Conflict as e:
+        raise e.in_file(where) from None
+
+
+def _warn_ignored(source: Path, defaults: Dict[str, Any], jobs: List[Dict[str, Any]]) -> None:
+    """One ``warning:`` line per job key that has no effect (options.ignored); a key of ``defaults`` is named
+    there, once, when it has no effect in any job (where some job uses it, it is not a mistake)."""
+    from_defaults: Dict[str, List[options.Conflict]] = {}
+    for index, job in enumerate(jobs):
+        values = {**defaults, **job}
+        for conflict in options.ignored(values, values):
+            key = conflict.keys[0]
+            if key in job:
+                warnings.warn(options.IgnoredOption(conflict.in_file(f"{source}: jobs[{index}]")))
+            else:
+                from_defaults.setdefault(key, []).append(conflict)
+    for key, conflicts in from_defaults.items():
+        if len(conflicts) == len(jobs):
+            warnings.warn(options.IgnoredOption(f"{conflicts[0].in_file(f'{source}: defaults')} (in every job)"))
 
 
 def _check_outputs(jobs: List[Job]) -> None:
@@ -135,7 +151,7 @@ def load_batch(path: PathLike, out_dir: Optional[PathLike] = None) -> List[Job]:
     """Read and validate a batch file: the jobs with defaults filled in and paths resolved.
 
     Checks structure, keys, types, ranges, required keys, that input files exist and that outputs do not
-    collide. It does not open images; :func:`check_job_inputs` does that.
+    collide. It does not open images; :func:`prepare_job` does that.
 
     Outputs: without ``out_dir`` a relative ``out`` is relative to the YAML file's directory and the
     default is ``outputs/<image stem>.png`` there; with ``out_dir`` (``kandinsky batch --out-dir``) a
@@ -160,13 +176,14 @@ def load_batch(path: PathLike, out_dir: Optional[PathLike] = None) -> List[Job]:
         got = "nothing" if jobs is None else _describe(jobs)
         raise UserError(f"{source}: jobs: must be a non-empty list of jobs, got {got}")
     base = source.resolve().parent
-    result = []
+    result, checked = [], []
     for index, job in enumerate(jobs):
         if not isinstance(job, dict):
             raise UserError(f"{source}: jobs[{index}]: must be a mapping of job keys, got {_describe(job)}")
-        values = {**defaults, **_check_keys(job, f"{source}: jobs[{index}]")}
-        result.append(_make_job(source, base, index, values, _absolute(out_dir)))
+        checked.append(_check_keys(job, f"{source}: jobs[{index}]"))
+        result.append(_make_job(source, base, index, {**defaults, **checked[-1]}, _absolute(out_dir)))
     _check_outputs(result)
+    _warn_ignored(source, defaults, checked)
     return result
 
 
@@ -174,66 +191,27 @@ def _absolute(path: Optional[PathLike]) -> Optional[Path]:
     return None if path is None else Path(os.path.abspath(Path(path).expanduser()))
 
 
-def check_job_inputs(job: Job) -> Tuple[SizeHW, Plan]:
-    """Open the job's inputs as the run will: the image, the mask at its size, the embeddings.
-
-    Returns the image size ``(height, width)`` and the run's plan (working size, region box); a UserError names the
-    job and the key at fault.
-    """
-    def fail(key: str, error: UserError) -> UserError:
-        return UserError(f"{job.where}.{key}: {error}")
-
+def prepare_job(job: Job, seed: Optional[int] = None) -> Prepared:
+    """:func:`requests.prepare` of a job (with ``seed`` when given): its inputs opened once, as the run uses them;
+    a UserError names the file, the job and the key at fault."""
     if job.problem is not None:
         raise UserError(f"{job.where}: {job.problem}")
+    try:
+        return prepare(job.request if seed is None else job.request.replace(seed=seed))
+    except UserError as e:
+        raise in_job(job, e) from None
 
-    try:
-        image = load_image(job.image)
-    except UserError as e:
-        raise fail("image", e) from None
-    size = (image.height, image.width)
-    mask = np.zeros(size, dtype=bool)  # the same union as masks.build_mask, with errors per key
-    for i, rect in enumerate(job.mask_rects):
-        try:
-            mask |= rect_mask(rect, size)
-        except UserError as e:
-            raise fail(f"mask_rects[{i}]", e) from None
-    if job.mask is not None:
-        try:
-            mask |= load_mask_file(job.mask, size)
-        except UserError as e:
-            raise fail("mask", e) from None
-    if job.invert_mask:
-        mask = ~mask
-    if not mask.any() and job.extend is None:
-        key = "invert_mask" if job.invert_mask else "mask"
-        raise UserError(f"{job.where}.{key}: the mask selects no pixel: nothing to repaint")
-    for key in ("image_embeds", "negative_image_embeds"):
-        path = getattr(job, key)
-        if path is not None:
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise UserError(f"{job.where}.{key}: cannot read {path}: not a valid .npy array ({e})") from None
-            if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.floating):
-                raise UserError(f"{job.where}.{key}: {path} holds a {array.dtype} array of shape {array.shape}; "
-                                f"expected float embeddings of shape (dim,) or (n, dim)")
-    for path in job.outputs + ([job.grid_path] if job.grid_path else []):
-        try:
-            check_writable_output(path)
-        except UserError as e:
-            raise fail("out", e) from None
-    try:
-        canvas, final_mask, _ = canvas_and_mask(job.request)
-        plan = make_plan(job.request, canvas.size, final_mask)
-    except UserError as e:
-        raise fail("region" if job.region == "mask" else "extend" if job.extend else "mask", e) from None
-    return size, plan
+
+def in_job(job: Job, error: UserError) -> UserError:
+    """``error`` worded for a batch file: ``FILE: jobs[i].KEY: ...`` (a rule between keys names its keys)."""
+    if isinstance(error, options.Conflict):
+        return error.in_file(job.where)
+    key = getattr(error, "key", None)
+    return UserError(f"{job.where}.{key}: {error}" if key else f"{job.where}: {error}")
 
 
 # ------------------------------------------------------------------------------------------ folder mode
 
-#: Input images of folder mode, by extension (as Pillow reads them: PNG, JPEG, WebP).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: Mask files matched to images by stem in folder mode (``--masks DIR``).
 MASK_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 
@@ -249,6 +227,43 @@ def _folder_files(folder: Path, suffixes: Tuple[str, ...], option: str) -> List[
                   key=lambda p: p.name)
 
 
+def _folder_values(values: Dict[str, Any], mask_dir: Optional[Path]) -> Dict[str, Any]:
+    """Folder mode's job options from the command line, checked as flags (with the cross-option rules)."""
+    given = {key: value for key, value in values.items() if value is not None}
+    for key in given:
+        if options.FOLDER not in options.BY_KEY[key].scopes:
+            raise ValueError(f"folder mode has no option for {key!r}")
+    checked = options.check_flags(given)
+    if "prompt" not in checked:
+        raise UserError("folder mode (--images) needs --prompt TEXT")
+    if mask_dir is not None and checked.get("mask") is not None:
+        raise UserError("give --masks DIR (one mask per image) or --mask FILE (one mask for all), not both")
+    options.check_mask_given(checked, masks_dir=mask_dir is not None)
+    options.check_pairs(checked)
+    options.warn_ignored({**options.defaults(JOB_KEYS), **checked}, checked)
+    if checked.get("mask") is not None:
+        mask_file = Path(checked["mask"]).expanduser()
+        if not mask_file.is_file():
+            raise UserError(f"--mask: {'not a file' if mask_file.exists() else 'file not found'}: {mask_file}")
+        checked["mask"] = Path(os.path.abspath(mask_file))
+    return checked
+
+
+def _image_files(source: Path) -> List[Path]:
+    """Folder mode's input images, sorted by name; two with one stem would write one output."""
+    files = _folder_files(source, IMAGE_SUFFIXES, "--images")
+    if not files:
+        raise UserError(f"--images: no PNG, JPEG or WebP image in {source}")
+    by_stem: Dict[str, List[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    for stem, same in by_stem.items():
+        if len(same) > 1:
+            raise UserError(f"--images: {' and '.join(p.name for p in same)} in {source} would write the same "
+                            f"output {stem}.png; rename one of them")
+    return files
+
+
 def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
                 masks: Optional[PathLike] = None) -> List[Job]:
     """Folder mode: one job per PNG/JPEG/WebP file of ``images`` (sorted by name), the same as a batch file.
@@ -261,34 +276,9 @@ def folder_jobs(images: PathLike, values: Dict[str, Any], out_dir: PathLike,
     job with a :attr:`Job.problem`: it fails when run, the others run. Output: ``out_dir/<image stem>.png``.
     """
     source = Path(images)
-    given = {key: value for key, value in values.items() if value is not None}
-    for key in given:
-        if options.FOLDER not in options.BY_KEY[key].scopes:
-            raise ValueError(f"folder mode has no option for {key!r}")
-    checked = options.check_flags(given)
-    if "prompt" not in checked:
-        raise UserError("folder mode (--images) needs --prompt TEXT")
     mask_dir = Path(masks) if masks is not None else None
-    if mask_dir is not None and checked.get("mask") is not None:
-        raise UserError("give --masks DIR (one mask per image) or --mask FILE (one mask for all), not both")
-    if mask_dir is None and checked.get("mask") is None and not checked.get("mask_rects"):
-        raise UserError("folder mode needs a mask: --masks DIR (matched by file name), --mask FILE or "
-                        "--mask-rect ROWS,COLS")
-    if checked.get("mask") is not None:
-        mask_file = Path(checked["mask"]).expanduser()
-        if not mask_file.is_file():
-            raise UserError(f"--mask: {'not a file' if mask_file.exists() else 'file not found'}: {mask_file}")
-        checked["mask"] = Path(os.path.abspath(mask_file))
-    files = _folder_files(source, IMAGE_SUFFIXES, "--images")
-    if not files:
-        raise UserError(f"--images: no PNG, JPEG or WebP image in {source}")
-    by_stem: Dict[str, List[Path]] = {}
-    for path in files:
-        by_stem.setdefault(path.stem, []).append(path)
-    for stem, same in by_stem.items():
-        if len(same) > 1:
-            raise UserError(f"--images: {' and '.join(p.name for p in same)} in {source} would write the same "
-                            f"output {stem}.png; rename one of them")
+    checked = _folder_values(values, mask_dir)
+    files = _image_files(source)
     mask_files: Dict[str, List[Path]] = {}
     if mask_dir is not None:
         if mask_dir.resolve() == source.resolve():

@@ -1,146 +1,40 @@
-"""The thin core behind the CLI: the requests, and the engine that loads each stage once and runs them.
+"""The engine: what stays loaded between runs (device, precision, model folders, the prior, the decoder and its
+text encoder) and the steps of a run over a :class:`requests.Prepared` job: embeddings (given files, or the prior)
+-> decode -> compose (paste back) -> write. ``inpaint``, the batch runner and the server call the same steps.
 
-No command-line parsing here (cli.py does that) and no network math (the pipelines do that). A request holds the
-values of the options defined in options.py; :meth:`Kandinsky.inpaint` runs one the way the pipeline reads:
-prepare (read and check every input, before any model loads) -> embeddings (given files, or the prior) -> decode
--> compose (paste back) -> write. The batch runner calls the same steps.
+No command-line parsing here (cli.py) and no network math (the pipelines); requests and their inputs are
+:mod:`.requests`.
 """
 from __future__ import annotations
 
 import gc
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from . import __version__, model_io, options
+from .cache import compile_cache
 from .errors import UserError
-from .files import atomic_set, check_writable_output, load_image, numbered_paths, save_json, save_npy, save_png
-from .cache import Constants, compile_cache
-from .masks import MaskSpec, mask_to_image
+from .files import atomic_set, numbered_paths, save_json, save_npy, save_png
+from .masks import mask_to_image
 from .memory import check_decoder_fits
-from .noise import random_seed
-from .options import Settings
-from .region import Plan, plan as region_plan
+from .precision import Precision
+from .region import Plan
+from .requests import Embeddings, InpaintRequest, InpaintResult, Prepared, PriorRequest, prepare as prepare_inputs
 
 # progress(stage, step, total): stage is "prior" or "decoder"
 Progress = Optional[Callable[[str, int, int], None]]
-Embeddings = Tuple[np.ndarray, np.ndarray]
 #: Priors with at least this many bytes of weights run in a child process when they are to be freed after use.
 PRIOR_CHILD_BYTES = 512 * 1024 ** 2
-
-
-def load_embeddings(path: Path, what: str) -> np.ndarray:
-    """A float (N, E) or (E,) ``.npy`` written by ``kandinsky prior``, as float32 (N, E)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise UserError(f"cannot read {what} {path}: not a valid .npy file ({exc})") from None
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise UserError(f"{what} {path} has dtype {arr.dtype}; expected float32 embeddings from `kandinsky prior`")
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise UserError(f"{what} {path} has shape {arr.shape}; expected (N, E)")
-    if not np.all(np.isfinite(arr)):
-        raise UserError(f"{what} {path} contains NaN or infinite values")
-    return arr.astype(np.float32)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """[0, 1] float HWC -> uint8 the way diffusers' ``numpy_to_pil`` does: round(x * 255)."""
     return np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-
-
-# ------------------------------------------------------------------------------------------ requests
-
-class PriorRequest(Settings):
-    """Stage 1: prompt (and/or a mix of prompts and images) -> image embeddings."""
-
-    KEYS = options.PRIOR_KEYS
-
-    def __init__(self, values):
-        super().__init__({"prompt": None, **values})
-        if not self.mix and self.prompt is None:
-            raise UserError("no prompt given: give PROMPT (or --prompt), or --mix")
-
-    def cache_key(self) -> tuple:
-        return tuple(sorted(self.values().items()))
-
-
-class InpaintRequest(Settings):
-    """Stage 2 (and stage 1 when no embeddings are given): one inpainting job, every option of options.JOB_KEYS."""
-
-    KEYS = options.JOB_KEYS
-
-    def __init__(self, values):
-        super().__init__(values)
-        if (self.image_embeds is None) != (self.negative_image_embeds is None):
-            raise UserError("--image-embeds and --negative-image-embeds go together: give both or neither")
-        if (self.height is None) != (self.width is None):
-            raise UserError("--height and --width go together: give both or neither (without them the working "
-                            "size follows --resolution)")
-        if self.out is None:
-            raise UserError("no output file given (--out)")
-
-    @property
-    def has_mask(self) -> bool:
-        """A mask file or rectangles were given (with --extend alone the margins are the mask)."""
-        return self.mask is not None or bool(self.mask_rects)
-
-    @property
-    def uses_prior(self) -> bool:
-        """False when the job brings its own image embeddings."""
-        return self.image_embeds is None
-
-    @property
-    def outputs(self) -> List[Path]:
-        """The files this request writes: ``out``, or ``<stem>-1.png`` ... ``<stem>-N.png`` for several images."""
-        return numbered_paths(self.out, self.num_images)
-
-    @property
-    def grid_path(self) -> Optional[Path]:
-        out = Path(self.out)
-        return out.with_name(f"{out.stem}-grid.png") if self.save_grid else None
-
-    def mask_spec(self) -> MaskSpec:
-        return MaskSpec(path=self.mask, rects=self.mask_rects, invert=self.invert_mask, grow=self.grow,
-                        feather=self.feather)
-
-    def prior_request(self, seed: int) -> PriorRequest:
-        return PriorRequest({"prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                             "prior_steps": self.prior_steps, "prior_guidance_scale": self.prior_guidance_scale,
-                             "num_images": self.num_images, "seed": seed})
-
-
-@dataclass
-class Prepared:
-    """A request with its inputs read and checked: what the model stages need."""
-
-    request: InpaintRequest
-    image: Image.Image             # the canvas: the input image, extended by --extend
-    mask: np.ndarray               # bool (H, W) of the canvas, True = repaint: the hard mask the model sees
-    seed: int
-    plan: Plan                     # working size and region box
-    blend: np.ndarray              # float (H, W) paste-back weights: the user's feathered mask, margins 1
-    embeddings: Optional[Embeddings] = None   # from --image-embeds files; None: the prior makes them
-    timings: Dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class InpaintResult:
-    outputs: List[Path]
-    grid: Optional[Path]
-    seed: int
-    parameters: dict
-    timings: Dict[str, float]
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -157,7 +51,7 @@ class Kandinsky:
                  dtype: str = "auto", offline: bool = False, mode: str = "graph", device: Optional[str] = None,
                  device_id: Optional[int] = None):
         self.dtype_requested = options.check_value("dtype", dtype, "--dtype")
-        self._dtype_name: Optional[str] = None
+        self._precision: Optional[Precision] = None
         self.mode = options.check_value("mode", mode, "--mode")
         self.device = options.check_value("device", device, "--device")
         self.device_id = device_id      # the card of an msrun worker; None: $DEVICE_ID
@@ -175,31 +69,24 @@ class Kandinsky:
         return {**self.counters, "text_encoder_loads": text_loads}
 
     @property
+    def precision(self) -> Precision:
+        """--dtype resolved for the engine's device, once (a UserError where it cannot run)."""
+        if self._precision is None:
+            self._precision = Precision.resolve(self.dtype_requested, self.select_device())
+        return self._precision
+
+    @property
     def dtype_name(self) -> str:
-        """The dtype the networks run in: --dtype, with "auto" resolved for the device (see bf16.resolve_dtype)."""
-        if self._dtype_name is None:
-            from .bf16 import resolve_dtype
-
-            self._dtype_name = resolve_dtype(self.dtype_requested, self.select_device())
-        return self._dtype_name
-
-    @property
-    def ms_dtype(self):
-        """The dtype of weights and activations (bfloat16 keeps both float32; its products use bf16 operators)."""
-        import mindspore as ms
-
-        return ms.float16 if self.dtype_name == "float16" else ms.float32
-
-    @property
-    def bf16(self) -> bool:
-        return self.dtype_name == "bfloat16"
+        return self.precision.name
 
     def root(self, stage: str) -> Path:
         """The local folder of a stage ("prior" or "decoder"), downloading it once if it is a hub id."""
         if stage not in self._roots:
             model = self.prior_model if stage == "prior" else self.decoder_model
             # download.select_files: float16 reads the fp16 files where a repo has them, every other dtype float32
-            self._roots[stage] = model_io.resolve_model_dir(model, offline=self.offline, dtype=self.dtype_requested)
+            from .download import resolve_model_dir
+
+            self._roots[stage] = resolve_model_dir(model, offline=self.offline, dtype=self.dtype_requested)
         return self._roots[stage]
 
     def select_device(self) -> str:
@@ -208,7 +95,7 @@ class Kandinsky:
             from .system import select_device
 
             self.device_target = select_device(self.device, self.device_id)
-            compile_cache.configure(self.device_target, self.mode, self.dtype_name)
+            compile_cache.configure(self.device_target, self.mode, self.precision.name)
         return self.device_target
 
     def check_embedding_widths(self) -> None:
@@ -224,11 +111,10 @@ class Kandinsky:
 
     def _load_prior(self, mode: str):
         if self._prior is None:
-            from .prior_pipeline import PriorPipeline
+            from .prior_stage import load_prior
 
             self.select_device()
-            self._prior = PriorPipeline(self.root("prior"), self.ms_dtype, mode, bf16=self.bf16,
-                                        constants=Constants(), dtype_name=self.dtype_name)
+            self._prior = load_prior(self.root("prior"), self.precision, mode)
             self._prior_mode = mode
             self.counters["prior_loads"] += 1
         return self._prior
@@ -244,7 +130,8 @@ class Kandinsky:
             from .inpaint_pipeline import InpaintPipeline
 
             self.select_device()
-            self._decoder = InpaintPipeline(self.root("decoder"), self.ms_dtype, self.mode, bf16=self.bf16)
+            self._decoder = InpaintPipeline(self.root("decoder"), self.precision.ms_dtype, self.mode,
+                                            bf16=self.precision.bf16)
             self.counters["decoder_loads"] += 1
         return self._decoder
 
@@ -252,57 +139,33 @@ class Kandinsky:
     def run_prior(self, req: PriorRequest, progress: Progress = None, keep: bool = True) -> Embeddings:
         """(image_embeds, negative_image_embeds), float32 (N, E); cached per distinct request with a seed.
         ``keep``: the prior stays loaded (compiled per the engine's mode); otherwise it runs eagerly."""
-        from .noise import Noise
+        from .prior_stage import embed
 
         key = req.cache_key()
         if req.seed is not None and key in self._embedding_cache:
             return self._embedding_cache[key]
-        compile_cache.set_hint(f"prior images={req.num_images} negative={req.negative_prompt is not None} "
-                               f"mix={len(req.mix or ())} guided={req.prior_guidance_scale > 1.0}")
         prior = self._load_prior(self.mode if keep else "pynative")
-        step = (lambda i, n: progress("prior", i, n)) if progress else None
-        noise = Noise(req.seed if req.seed is not None else random_seed())
-        common = dict(num_inference_steps=req.prior_steps, guidance_scale=req.prior_guidance_scale, noise=noise,
-                      callback=step)
-        if req.mix:
-            items, weights = self._mix_items(req)
-            emb, neg = prior.interpolate(items, weights, num_images_per_prompt=req.num_images,
-                                         negative_prior_prompt=req.negative_prompt, **common)
-            emb = np.repeat(emb, neg.shape[0], axis=0)
-        else:
-            emb, neg = prior(req.prompt, negative_prompt=req.negative_prompt, num_images_per_prompt=req.num_images,
-                             **common)
+        result = embed(prior, req, (lambda i, n: progress("prior", i, n)) if progress else None)
         self.counters["prior_runs"] += 1
-        result = (emb.astype(np.float32), neg.astype(np.float32))
         if req.seed is not None:
             self._embedding_cache[key] = result
         return result
 
-    @staticmethod
-    def _mix_items(req: PriorRequest):
-        items, weights = [], []
-        if req.prompt:
-            items.append(req.prompt)
-            weights.append(1.0)
-        for what, weight in req.mix:
-            is_image = Path(what).suffix.lower() in options.IMAGE_SUFFIXES
-            items.append(load_image(what) if is_image else what)
-            weights.append(weight)
-        return items, weights
-
     def make_embeddings(self, requests: Sequence[PriorRequest], progress: Progress = None) -> None:
         """Run the prior for every request not cached yet, then free it: the decoder runs that follow find the
         embeddings in the cache and the prior's memory is back before the decoder loads. A large prior runs
-        compiled in a child process (:mod:`.prior_process`); a small one eagerly in this process."""
+        compiled in a child process (:mod:`.prior_stage`); a small one eagerly in this process."""
         todo = list({r.cache_key(): r for r in requests if r.cache_key() not in self._embedding_cache}.values())
         if not todo:
             return
         self.check_embedding_widths()
+        if self._decoder is None:
+            model_io.prefetch(self.root("decoder"))    # read the decoder's weights while the prior computes
         if self._prior is None and self.prior_in_child():
-            from .prior_process import run_prior_in_child
+            from .prior_stage import run_prior_in_child
 
             report = (lambda n, i, total: progress("prior", i, total)) if progress else None
-            results = run_prior_in_child(self.root("prior"), self.dtype_name, self.mode, self.device, self.device_id,
+            results = run_prior_in_child(self.root("prior"), self.precision, self.mode, self.device, self.device_id,
                                          todo, report)
             self.counters["prior_loads"] += 1
             for req, result in zip(todo, results):
@@ -330,39 +193,28 @@ class Kandinsky:
 
     # -- stage 2, step by step ----------------------------------------------------------------------------
     def prepare(self, req: InpaintRequest) -> Prepared:
-        """Read and check every input of a request and its output locations, find the model folders (downloading
-        hub ids) and check that the run fits in memory; no network is built."""
-        if not req.has_mask and req.extend is None:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE, or --extend "
-                            "to outpaint")
-        for path in req.outputs + ([req.grid_path] if req.grid_path else []):
-            check_writable_output(path)
-        image, mask, blend = canvas_and_mask(req)
-        plan = make_plan(req, image.size, mask)
-        embeddings = None
-        if not req.uses_prior:
-            embeddings = (load_embeddings(req.image_embeds, "image embeddings"),
-                          load_embeddings(req.negative_image_embeds, "negative image embeddings"))
-        if req.uses_prior:
+        """:func:`requests.prepare` (every input and output location) and :meth:`preflight`; no network is built."""
+        return self.preflight(prepare_inputs(req))
+
+    def preflight(self, job: Prepared) -> Prepared:
+        """What the model folders say about a prepared job, before any network is built: the folders exist (hub ids
+        are downloaded), the sampler takes the steps, the run fits in memory."""
+        if job.request.uses_prior:
             self.root("prior")
+        self.check_decoder_run(job.request, job.plan)
+        return job
+
+    def check_decoder_run(self, req: InpaintRequest, plan: Plan, dtype: Optional[str] = None) -> None:
+        """What the decoder folder says about a request before anything is computed: the sampler takes its steps, the
+        run fits in memory (at ``dtype``, default the engine's). ``batch --check`` makes the same checks."""
         self.check_sampler(req)
         rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
         width, height = plan.working_size
-        check_decoder_fits(self.root("decoder"), height, width, rows, self.dtype_name)
-        seed = req.seed if req.seed is not None else random_seed()
-        return Prepared(req, image, mask, seed, plan, blend, embeddings)
+        check_decoder_fits(self.root("decoder"), height, width, rows, dtype or self.precision.name)
 
     def check_sampler(self, req: InpaintRequest) -> None:
         """The sampler can take the request's steps with the decoder folder's scheduler config."""
-        from .schedulers import make_decoder_scheduler
-
-        config = model_io.read_scheduler_config(self.root("decoder") / "scheduler")
-        with model_io.config_errors(config.source):
-            sampler = make_decoder_scheduler(req.scheduler, config)
-        try:
-            sampler.timesteps(req.steps)
-        except ValueError as e:
-            raise UserError(f"--steps {req.steps} with --scheduler {req.scheduler}: {e}") from None
+        check_steps(self.root("decoder"), req.scheduler, req.steps)
 
     def embeddings(self, job: Prepared, progress: Progress = None) -> Embeddings:
         """The job's embeddings: its files, or the prior's (made now, or earlier by :meth:`make_embeddings`)."""
@@ -442,7 +294,13 @@ class Kandinsky:
         return {"tool": "kandinsky", "version": __version__, "command": "inpaint", **values, **job.plan.parameters(),
                 "seed": job.seed, "noise": "numpy.default_rng", "num_images": count,
                 "prior_model": self.prior_model if req.uses_prior else None, "decoder_model": self.decoder_model,
-                "dtype": self.dtype_name, "dtype_requested": self.dtype_requested, "mode": self.mode}
+                **self.precision.parameters(), "mode": self.mode}
+
+    def prior_parameters(self, req: PriorRequest) -> dict:
+        """Everything needed to reproduce a ``kandinsky prior`` run, for its JSON file."""
+        return {"tool": "kandinsky", "version": __version__, "command": "prior", **req.parameters(),
+                "noise": "numpy.default_rng", "prior_model": self.prior_model, **self.precision.parameters(),
+                "mode": self.mode}
 
     def write(self, job: Prepared, outputs: List[np.ndarray], write: bool = True) -> InpaintResult:
         """Write the outputs (and the grid) with their parameters as PNG metadata."""
@@ -472,26 +330,19 @@ class Kandinsky:
         return self.run(self.prepare(req), progress, write)
 
 
-def canvas_and_mask(req: InpaintRequest) -> Tuple[Image.Image, np.ndarray, np.ndarray]:
-    """(canvas, hard mask, paste-back weights) of a request: the input image with its mask, extended by --extend (the
-    margins join the mask and paste back whole; the original pixels blend as the user's feathered mask says)."""
-    from .masks import feather_weights
-    from .region import extend_canvas
+def check_steps(decoder_root: Path, scheduler: str, steps: int) -> None:
+    """The one rule for step counts a sampler can take, from the decoder folder's scheduler config: an
+    :class:`options.Conflict` (flags on the command line, keys in batch files)."""
+    from .schedulers import make_decoder_scheduler
 
-    image = load_image(req.image)
-    size_hw = (image.height, image.width)
-    mask = req.mask_spec().build(size_hw) if req.has_mask else np.zeros(size_hw, dtype=bool)
-    blend = feather_weights(mask, req.feather) if req.has_mask else np.zeros(size_hw, dtype=np.float32)
-    if req.extend is None:
-        return image, mask, blend
-    canvas, mask = extend_canvas(image, mask if req.has_mask else None, req.extend, req.extend_fill)
-    return canvas, mask, req.extend.pad(blend, 1.0)
-
-
-def make_plan(req: InpaintRequest, canvas_size: Tuple[int, int], mask: np.ndarray) -> Plan:
-    """Working size and region box of a request on its canvas."""
-    return region_plan(canvas_size, mask, req.region, req.region_padding, req.resolution, req.height, req.width,
-                       feather=req.feather, extend=req.extend)
+    config = model_io.read_scheduler_config(Path(decoder_root) / "scheduler")
+    with model_io.config_errors(config.source):
+        sampler = make_decoder_scheduler(scheduler, config)
+    try:
+        sampler.timesteps(steps)
+    except ValueError as e:
+        raise options.Conflict("{steps} {n} with {scheduler} {name}: {reason}", ("steps", "scheduler"), n=str(steps),
+                               name=scheduler, reason=str(e)) from None
 
 
 def write_prior_outputs(out_dir: Path, name: str, emb: np.ndarray, neg: np.ndarray, parameters: dict) -> dict:
@@ -502,6 +353,18 @@ def write_prior_outputs(out_dir: Path, name: str, emb: np.ndarray, neg: np.ndarr
         save_npy(paths["negative_image_embeds"], neg.astype(np.float32), into=files)
         save_json(paths["parameters"], {**parameters, "shape": list(emb.shape)}, into=files)
     return {k: str(v) for k, v in paths.items()}
+
+
+def prior_outputs(out_dir: Path, name: str) -> Dict[str, Path]:
+    """The prior's output files for ``--name``, checked to be writable before any model loads."""
+    from .files import check_writable_output
+
+    if "/" in name or not name.strip() or "\0" in name:
+        raise UserError(f"bad --name {name!r}: a file name stem without '/'")
+    paths = prior_output_paths(out_dir, name)
+    for path in paths.values():
+        check_writable_output(path)
+    return paths
 
 
 def prior_output_paths(out_dir: Path, name: str) -> Dict[str, Path]:

@@ -4,7 +4,7 @@
 ``model_index.json``; in each component folder its configs and tokenizer files (``*.json``, ``*.txt``,
 ``*.model``) and its safetensors weights (one file, or an index and its shards); for float16 a component's
 ``fp16`` variant where it has one, its plain weights elsewhere. Pickle formats (``.bin``, ``.ckpt``, ...) are
-never fetched. ``kandinsky download`` and :func:`model_io.resolve_model_dir` (prior/inpaint/batch) both go
+never fetched. ``kandinsky download`` and :func:`resolve_model_dir` (prior/inpaint/batch) both go
 through :func:`locate`.
 
 The transfer itself is huggingface_hub's (``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``, tokens, locks,
@@ -32,9 +32,10 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 from tqdm.std import tqdm
 
-from .options import DTYPES
+from .precision import DTYPES
 from .errors import UserError
-from .model_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, looks_like_hub_id
+from .interrupts import note_written
+from .model_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, looks_like_hub_id, offline_requested
 
 MODEL_INDEX = "model_index.json"
 VARIANT = "fp16"                                  # the file-name variant diffusers/transformers give float16 weights
@@ -150,6 +151,7 @@ def locate(model: str, revision: Optional[str] = None, dtype: str = "float32", o
     """``model`` as a local pipeline folder, or as a hub id in the HF cache, fetched where files are missing
     (:func:`fetch`; progress on ``console``, a Rich console, when given)."""
     check_dtype(dtype)
+    check_revision(revision)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / MODEL_INDEX).is_file():
@@ -194,11 +196,13 @@ def _download(repo_id: str, revision: Optional[str], dtype: str, console) -> Sna
     resolved = api.resolve_revision(repo_id, revision=revision)   # also records branch -> commit in the cache
     files = _pipeline_files(repo_id, _repo_files(api, repo_id, resolved.resolved), dtype)
     folder = _snapshot_folder(repo_id, resolved.resolved)
-    if _missing(folder, files):
+    missing = _missing(folder, files)
+    if missing:
         patterns = [glob.escape(f) for f in files]   # exact names: allow_patterns are fnmatch patterns
         with progress_bars(console) as bars:
             _interruptible(lambda: snapshot_download(repo_id, revision=resolved, allow_patterns=patterns,
                                                      tqdm_class=bars))
+        note_written([f"{len(missing)} file(s) of {repo_id} into the Hugging Face cache"])
     return _snapshot(repo_id, folder, files, str(resolved), resolved.resolved)   # str: the branch asked, or "main"
 
 
@@ -225,22 +229,85 @@ def _cached_tree(repo_id: str, commit: str) -> Optional[List[str]]:
         return None
 
 
+#: A revision: a branch, tag or commit name, or a pull request's ``refs/pr/N``; never a path through the cache.
+_REVISION_RE = re.compile(r"refs/pr/[0-9]+|[A-Za-z0-9][A-Za-z0-9._-]*")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
+
+def check_revision(revision: Optional[str]) -> None:
+    """UserError for a ``--revision`` that is not a plain name: path components (``a/b``, ``..``, absolute paths)
+    would be resolved through the cache's own folders."""
+    if revision is not None and (not _REVISION_RE.fullmatch(revision) or ".." in revision):
+        raise UserError(f"bad --revision {revision!r}: give a branch, tag or commit name (letters, digits, '.', '_', "
+                        f"'-'; a pull request: refs/pr/N), not a path")
+
+
+class Damaged(UserError):
+    """A cache entry that cannot be read as huggingface_hub writes it (a ref that is not a commit hash, a ref to a
+    snapshot that is not there, an unreadable file or folder)."""
+
+
+def _repo_folder(repo_id: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def _read_ref(repo: Path, ref: Path) -> str:
+    """The commit hash a ref file of the cache holds; :class:`Damaged` when it does not hold one or points at a
+    snapshot that is not there."""
+    name = ref.relative_to(repo / "refs").as_posix()
+    try:
+        data = ref.read_bytes()
+    except IsADirectoryError:
+        raise Damaged(f"refs/{name} is a folder, not a ref file") from None
+    except OSError as e:
+        raise Damaged(f"refs/{name} cannot be read ({e.strerror or e})") from None
+    commit = data.strip().decode("ascii", "replace")
+    if not _COMMIT_RE.fullmatch(commit):
+        raise Damaged(f"refs/{name} holds {len(data)} byte(s) that are not a commit hash")
+    if not (repo / "snapshots" / commit).is_dir():
+        raise Damaged(f"refs/{name} points at commit {commit[:12]}, whose snapshot folder is missing")
+    return commit
+
+
+def _cached_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
+    """The commit of ``revision`` (default: main) that the cache records, None when it records none; a
+    :class:`Damaged` naming the model, the entry and what to do when the entry cannot be read."""
+    from huggingface_hub import constants
+
+    rev = revision or constants.DEFAULT_REVISION
+    repo = _repo_folder(repo_id)
+    if _COMMIT_RE.fullmatch(rev):
+        return rev
+    ref = repo / "refs" / rev
+    if not os.path.lexists(ref):
+        return None
+    try:
+        return _read_ref(repo, ref)
+    except Damaged as e:
+        raise Damaged(f"model {repo_id}: the Hugging Face cache entry {repo} is damaged: {e}; delete that folder and "
+                      f"fetch the model again: {download_hint(repo_id, revision)}") from None
+
+
 def cached(repo_id: str, revision: Optional[str] = None, dtype: str = "float32") -> Snapshot:
     """From the HF cache alone, without network: the snapshot of ``repo_id`` at ``revision`` when it holds
-    every file a run at ``dtype`` loads; else a UserError naming what is missing."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import RevisionResolutionError
+    every file a run at ``dtype`` loads; else a UserError naming what is missing (or what is damaged)."""
+    from huggingface_hub import constants
 
+    check_revision(revision)
     fix = f"fetch it with network access: {download_hint(repo_id, revision, dtype)}"
     at = f" (revision {revision})" if revision else ""
-    try:
-        commit = HfApi().resolve_revision(repo_id, revision=revision, local_files_only=True).resolved
-    except RevisionResolutionError:
-        commit = None
+    commit = _cached_commit(repo_id, revision)
     folder = _snapshot_folder(repo_id, commit) if commit else None
     if folder is None or not folder.is_dir():
         raise UserError(f"model {repo_id}{at} is not in the Hugging Face cache ({cache_dir()}); {fix}")
-    files = _pipeline_files(repo_id, _cached_files(repo_id, commit, folder), dtype)
+    try:
+        listed = _cached_files(repo_id, commit, folder)
+    except (OSError, ValueError) as e:
+        raise Damaged(f"model {repo_id}: the Hugging Face cache entry {folder} is damaged: cannot list its files "
+                      f"({e}); delete it and {fix}") from None
+    files = _pipeline_files(repo_id, listed, dtype)
     missing = _missing(folder, files)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -257,27 +324,73 @@ def download_hint(repo_id: str, revision: Optional[str] = None, dtype: str = "fl
 
 def cached_models() -> List[dict]:
     """Every model repo revision in the HF cache: refs, commit, folder, bytes on disk, and whether it holds
-    everything a run loads, per dtype."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
+    everything a run loads, per dtype. A damaged entry (see :class:`Damaged`) is listed with ``damaged`` saying
+    what is wrong, and everything else is still listed."""
+    root = cache_dir()
     try:
-        repos = scan_cache_dir().repos
-    except CacheNotFound:
+        repos = sorted(p for p in root.iterdir() if p.name.startswith("models--"))
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as e:
+        return [_damaged_entry(str(root), root, f"the cache folder cannot be read ({e.strerror or e})")]
     found = []
-    for repo in sorted(repos, key=lambda r: r.repo_id):
-        if repo.repo_type != "model":
+    for repo in repos:
+        repo_id = repo.name[len("models--"):].replace("--", "/")
+        try:
+            found += _scan_repo(repo_id, repo)
+        except Damaged as e:
+            found.append(_damaged_entry(repo_id, repo, str(e)))
+        except (OSError, ValueError) as e:
+            found.append(_damaged_entry(repo_id, repo, f"cannot be read ({getattr(e, 'strerror', None) or e})"))
+    return found
+
+
+def _damaged_entry(repo_id: str, folder: Path, reason: str, refs: Sequence[str] = ()) -> dict:
+    return {"repo_id": repo_id, "refs": list(refs), "commit": None, "folder": str(folder), "bytes": None,
+            "complete": {dtype: False for dtype in DTYPES}, "damaged": reason}
+
+
+def _scan_repo(repo_id: str, repo: Path) -> List[dict]:
+    """The revisions of one cached repo folder (as huggingface_hub lays it out), each damaged ref as its own entry."""
+    refs_dir, snapshots = repo / "refs", repo / "snapshots"
+    if not snapshots.is_dir():
+        raise Damaged("it has no snapshots folder")
+    refs: Dict[str, List[str]] = {}
+    damaged = []
+    if refs_dir.is_dir():
+        for ref in sorted(refs_dir.rglob("*")):
+            if ref.is_dir() and any(ref.iterdir()):
+                continue   # a namespace: refs/refs/pr/1, or a branch name with '/'
+            name = ref.relative_to(refs_dir).as_posix()
+            try:
+                refs.setdefault(_read_ref(repo, ref), []).append(name)
+            except Damaged as e:
+                damaged.append(_damaged_entry(repo_id, ref, str(e), [name]))
+    revisions = []
+    for folder in sorted(snapshots.iterdir()):
+        if not folder.is_dir():
             continue
-        for rev in sorted(repo.revisions, key=lambda r: r.last_modified):
-            files = _cached_files(repo.repo_id, rev.commit_hash, rev.snapshot_path)
+        try:
+            files = _cached_files(repo_id, folder.name, folder)
+            blobs = {}
+            for path in folder.rglob("*"):
+                if path.is_file():   # a broken link is a missing file: the revision is incomplete, not damaged
+                    blobs[path.resolve()] = path.stat()
             complete = {}
             for dtype in DTYPES:
                 wanted = select_files(files, dtype)
-                complete[dtype] = MODEL_INDEX in wanted and not _missing(rev.snapshot_path, wanted)
-            found.append({"repo_id": repo.repo_id, "refs": sorted(rev.refs), "commit": rev.commit_hash,
-                          "folder": str(rev.snapshot_path), "bytes": rev.size_on_disk, "complete": complete})
-    return found
+                complete[dtype] = MODEL_INDEX in wanted and not _missing(folder, wanted)
+        except (OSError, ValueError) as e:
+            damaged.append(_damaged_entry(repo_id, folder, f"snapshot {folder.name[:12]} cannot be read "
+                                                           f"({getattr(e, 'strerror', None) or e})",
+                                          refs.get(folder.name, [])))
+            continue
+        modified = max((st.st_mtime for st in blobs.values()), default=0.0)
+        revisions.append((modified, {"repo_id": repo_id, "refs": sorted(refs.get(folder.name, [])),
+                                     "commit": folder.name, "folder": str(folder),
+                                     "bytes": sum(st.st_size for st in blobs.values()), "complete": complete,
+                                     "damaged": None}))
+    return [entry for _, entry in sorted(revisions, key=lambda r: r[0])] + damaged
 
 
 # ------------------------------------------------------------------------------------------ hub errors
@@ -435,25 +548,34 @@ def report(snapshots: Dict[str, Snapshot], dtype: str) -> dict:
             "total_bytes": sum(s.total_bytes for s in snapshots.values())}
 
 
-def summary_table(snapshots: Dict[str, Snapshot], dtype: str):
-    """What is cached where and how big: a Rich table with one row per model, then each model's folder."""
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"models for --dtype {dtype} in the Hugging Face cache {escape(str(cache_dir()))}")
-    for column in ("", "model", "revision", "commit", "files", "size"):
-        table.add_column(column, overflow="fold")
-    for role, s in snapshots.items():
-        commit = "local folder" if s.commit is None else s.commit[:12]
-        table.add_row(role, escape(s.model), escape(s.revision or "-"), commit, str(len(s.files)),
-                      decimal(s.total_bytes))
-    folders = [f"{role}: {escape(str(s.folder))}" for role, s in snapshots.items()]
-    return Group(table, *folders)
-
-
 def check_line(snapshots: Dict[str, Snapshot], dtype: str) -> str:
     """``kandinsky download --check``'s answer when the cache is complete."""
     models = "; ".join(f"{role} {s.model} ({len(s.files)} files, {decimal(s.total_bytes)})"
                        for role, s in snapshots.items())
     return f"ok: everything a --dtype {dtype} run loads is here: {models}"
+
+
+def resolve_model_dir(model: str, offline: bool = False, revision: Optional[str] = None,
+                      dtype: str = "float32") -> Path:
+    """A local pipeline folder, or a hub id fetched into the HF cache: only the files a run at ``dtype``
+    loads (:func:`select_files`), from the cache alone when ``offline`` or HF_HUB_OFFLINE=1."""
+    return locate(model, revision, dtype, offline_requested(offline), terminal_console()).folder
+
+
+def fetch_models(prior_model: str, decoder_model: str, revision: Optional[str], dtype: str, offline: bool,
+                 check: bool) -> Dict[str, "Snapshot"]:
+    """``kandinsky download``: both pipelines located (fetched unless ``check`` or offline); with ``check`` every
+    model that is missing or damaged is named in one UserError."""
+    check_revision(revision)
+    console = None if check else terminal_console()
+    snapshots, problems = {}, []
+    for role, model in (("prior", prior_model), ("decoder", decoder_model)):
+        try:
+            snapshots[role] = locate(model, revision, dtype, check or offline_requested(offline), console)
+        except UserError as e:
+            if not check:
+                raise
+            problems.append(f"{role}: {e}")
+    if problems:
+        raise UserError("; ".join(problems))
+    return snapshots

@@ -1,4 +1,6 @@
 """Errors that the CLI reports as one clear line with exit code 2."""
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 
 class UserError(Exception):
@@ -9,3 +11,23 @@ class ModelError(UserError, ValueError):
     """A malformed or unsupported model folder (a config, weights or tokenizer file): the message names the
     file, and the key or tensor where there is one. Also a ValueError, which the networks' config checks
     raised before there was a ModelError."""
+
+
+class InputError(UserError):
+    """Bad input attributed to a request key (``mask``, ``mask_rects[2]``, ``out``): the command line shows the
+    message, a batch file ``FILE: jobs[i].KEY: message``."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@contextmanager
+def about(key: Optional[str]) -> Iterator[None]:
+    """Attribute a UserError raised inside to ``key`` (errors that already name their keys pass unchanged)."""
+    try:
+        yield
+    except UserError as e:
+        if key is None or isinstance(e, InputError) or hasattr(e, "in_file"):
+            raise
+        raise InputError(key, str(e)) from None

@@ -13,6 +13,7 @@ megapixels, in any shape); the size is checked from the file's header, before an
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -41,6 +42,9 @@ PNG_KEY_TOOL, PNG_KEY_VERSION, PNG_KEY_PARAMETERS = "tool", "version", "paramete
 #: Most pixels (width x height) of an input image or image mask: 8192 x 8192. Below Pillow's own
 #: decompression-bomb warning (about 89 megapixels), so Pillow never warns about an accepted image.
 MAX_IMAGE_PIXELS = 8192 * 8192
+
+#: Image files the tool reads (as Pillow reads them: PNG, JPEG, WebP), by extension.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -388,11 +392,17 @@ class ImageTooLarge(UserError):
 
 
 def check_image_pixels(size_wh: Tuple[int, int], path: PathLike, what: str = "image") -> None:
-    """:class:`ImageTooLarge` (a UserError) if an image of ``(width, height)`` has more than
-    :data:`MAX_IMAGE_PIXELS` pixels."""
+    """UserError if an image of ``(width, height)`` has more than :data:`MAX_IMAGE_PIXELS` pixels."""
+    check_pixels(size_wh, f"{what} {path}")
+
+
+def check_pixels(size_wh: Tuple[int, int], what: str) -> None:
+    """The image size policy, for inputs and for every canvas made from them (``--extend``): a UserError
+    ``<what> is too large: WxH pixels ...; the limit is ...`` above :data:`MAX_IMAGE_PIXELS`, judged from the
+    numbers alone (call it before anything of that size is allocated)."""
     width, height = size_wh
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageTooLarge(f"{what} {path} is too large: {width}x{height} pixels ({width * height / 1e6:.1f} "
+        raise ImageTooLarge(f"{what} is too large: {width}x{height} pixels ({width * height / 1e6:.1f} "
                         f"megapixels); the limit is {MAX_IMAGE_PIXELS} pixels "
                         f"({MAX_IMAGE_PIXELS / 1e6:.1f} megapixels, e.g. 8192x8192)")
 
@@ -446,9 +456,14 @@ def open_image(path: PathLike, what: str = "image") -> Image.Image:
         raise UserError(f"cannot read {what} {p}: corrupt image ({e})") from None
 
 
+#: Input images decoded in this process, by path (a batch decodes each job's image once: tests read this).
+DECODED: "collections.Counter[str]" = collections.Counter()
+
+
 def load_image(path: PathLike) -> Image.Image:
     """An input image as RGB (alpha dropped, as diffusers' ``load_image`` does); UserError if unusable."""
     image = open_image(path, "image")
+    DECODED[str(Path(path).resolve())] += 1
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

@@ -145,11 +145,6 @@ class InpaintPipeline:
         self._encode_graph = compiled(self.movq.encode_latents, mode)
         self._decode_graph = compiled(self.movq.decode_latents, mode)
 
-    @classmethod
-    def from_pretrained(cls, model: str = model_io.DEFAULT_DECODER, dtype=None, offline: bool = False,
-                        mode: str = "graph", bf16: bool = False):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode, bf16)
-
     def _tensor(self, arr):
         import mindspore as ms
 
@@ -221,6 +216,55 @@ class InpaintPipeline:
             variance = np.split(variance, 2)[1]
         return eps, variance
 
+    def _image_conditioning(self, image_embeds, negative_image_embeds, n: int, batch: int, cfg: bool):
+        """The UNet's image embeddings: (negative, positive) halves with guidance, each repeated per image."""
+        image_embeds = np.asarray(image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
+        negative_image_embeds = np.asarray(negative_image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
+        if cfg:
+            return np.concatenate([np.repeat(negative_image_embeds, n, axis=0), np.repeat(image_embeds, n, axis=0)])
+        if image_embeds.shape[0] != batch:
+            # diffusers does not repeat here and then fails on the batch mismatch; repeat to the batch instead
+            image_embeds = np.repeat(image_embeds, batch // image_embeds.shape[0], axis=0)
+        return image_embeds
+
+    def _movq(self, graph, eager, array: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A MoVQ encode or decode, compiled up to :data:`MOVQ_GRAPH_MAX_PIXELS` output pixels, eager above."""
+        fn = graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else eager
+        return fn(self._tensor(array)).asnumpy().astype(np.float32)
+
+    @staticmethod
+    def _mask_channels(mask: np.ndarray, image_latents: np.ndarray, batch: int, cfg: bool):
+        """The UNet's mask and masked-image channels: the keep mask at latent size (eroded as diffusers does) and the
+        image latents times it, one image for the whole batch (diffusers: repeat_interleave of one image)."""
+        mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
+        mask_in = np.repeat(mask, batch, axis=0)
+        masked_in = np.repeat(image_latents * mask, batch, axis=0)
+        if cfg:
+            mask_in = np.concatenate([mask_in, mask_in])
+            masked_in = np.concatenate([masked_in, masked_in])
+        return mask_in, masked_in
+
+    def _denoise(self, sampler, timesteps, latents, conditioning, cfg: bool, guidance_scale: float, noise,
+                 callback: StepCallback, debug: Optional[dict]) -> np.ndarray:
+        """The step loop: the 9-channel UNet (latents, masked image latents, mask) with guidance, then the
+        sampler's step; the final latents."""
+        masked_in, mask_in, t_hidden, t_embeds, t_image = conditioning
+        for i, t in enumerate(timesteps):
+            model_in = np.concatenate([latents, latents]) if cfg else latents
+            model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
+            t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
+            out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
+            eps, variance = self._guide(out.asnumpy().astype(np.float32), cfg, guidance_scale)
+            model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
+            step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
+            latents = sampler.step(model_out, int(t), latents, step_noise)
+            if debug is not None:
+                debug["step_eps_guided"].append(eps)
+                debug["step_latents_out"].append(latents)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+        return latents
+
     def __call__(self, prompt: Union[str, List[str]], image, mask_image, image_embeds: np.ndarray,
                  negative_image_embeds: np.ndarray, negative_prompt: Union[None, str, List[str]] = None,
                  height: int = 512, width: int = 512, num_inference_steps: int = 100, guidance_scale: float = 4.0,
@@ -245,28 +289,12 @@ class InpaintPipeline:
         cfg = guidance_scale > 1.0
         embeds, hidden = self._encode_prompt(prompts, n, cfg, negative)
         clock.lap("text_s")
-        image_embeds = np.asarray(image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
-        negative_image_embeds = np.asarray(negative_image_embeds, dtype=np.float32).reshape(-1, self.image_embed_dim)
-        if cfg:
-            image_embeds = np.concatenate([np.repeat(negative_image_embeds, n, axis=0),
-                                           np.repeat(image_embeds, n, axis=0)])
-        elif image_embeds.shape[0] != batch:
-            # diffusers does not repeat here and then fails on the batch mismatch; repeat to the batch instead
-            image_embeds = np.repeat(image_embeds, batch // image_embeds.shape[0], axis=0)
-
-        mask = preprocess_mask(mask_image, height, width)
+        image_embeds = self._image_conditioning(image_embeds, negative_image_embeds, n, batch, cfg)
         pixels = preprocess_image(image, height, width)
-        encode = self._encode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.encode_latents
-        image_latents = encode(self._tensor(pixels)).asnumpy().astype(np.float32)
+        image_latents = self._movq(self._encode_graph, self.movq.encode_latents, pixels, height, width)
         clock.lap("movq_encode_s")
-        mask = erode_keep_mask(nearest_resize(mask, *image_latents.shape[-2:]))
-        masked = image_latents * mask
-        # one image for the whole batch (diffusers: repeat_interleave(num_images_per_prompt) of one image)
-        mask_in = np.repeat(mask, batch, axis=0)
-        masked_in = np.repeat(masked, batch, axis=0)
-        if cfg:
-            mask_in = np.concatenate([mask_in, mask_in])
-            masked_in = np.concatenate([masked_in, masked_in])
+        mask_in, masked_in = self._mask_channels(preprocess_mask(mask_image, height, width), image_latents, batch,
+                                                 cfg)
 
         timesteps = sampler.timesteps(num_inference_steps)
         h, w = get_new_h_w(height, width, self.scale_factor)
@@ -279,24 +307,10 @@ class InpaintPipeline:
                          unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
                          unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
                          noise_00=latents.copy(), step_eps_guided=[], step_latents_out=[])
-        t_hidden, t_embeds, t_image = self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds)
-        for i, t in enumerate(timesteps):
-            model_in = np.concatenate([latents, latents]) if cfg else latents
-            model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
-            t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
-            out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
-            eps, variance = self._guide(out.asnumpy().astype(np.float32), cfg, guidance_scale)
-            model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
-            step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
-            latents = sampler.step(model_out, int(t), latents, step_noise)
-            if debug is not None:
-                debug["step_eps_guided"].append(eps)
-                debug["step_latents_out"].append(latents)
-            if callback is not None:
-                callback(i + 1, len(timesteps))
+        conditioning = (masked_in, mask_in, self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds))
+        latents = self._denoise(sampler, timesteps, latents, conditioning, cfg, guidance_scale, noise, callback, debug)
         clock.lap("unet_s")
-        decode = self._decode_graph if height * width <= MOVQ_GRAPH_MAX_PIXELS else self.movq.decode_latents
-        decoded = decode(self._tensor(latents)).asnumpy().astype(np.float32)
+        decoded = self._movq(self._decode_graph, self.movq.decode_latents, latents, height, width)
         clock.lap("movq_decode_s")
         if debug is not None:
             debug["movq_decoded_preclamp"] = decoded

@@ -98,9 +98,29 @@ class Interrupts:
             raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def reset() -> None:
+    """Forget what an earlier command in this process wrote or reported (each command's exit line is its own)."""
+    global reported
+    written.clear()
+    reported = False
+
+
 def note_written(paths) -> None:
     """Record outputs that are complete on disk (for the exit line, if an interrupt comes after them)."""
     written.extend(str(p) for p in paths)
+
+
+#: How many written files the exit line names before it only counts the rest.
+NAMED_FILES = 3
+
+
+def written_text(paths: Optional[List[str]] = None) -> str:
+    """``'nothing was written'`` or ``'wrote a.png, b.png, c.png and 7 more'`` (default: what was noted)."""
+    paths = written if paths is None else list(paths)
+    if not paths:
+        return "nothing was written"
+    more = f" and {len(paths) - NAMED_FILES} more" if len(paths) > NAMED_FILES else ""
+    return f"wrote {', '.join(paths[:NAMED_FILES])}{more}"
 
 
 def exit_interrupted(message: Optional[str] = None) -> None:
@@ -109,8 +129,7 @@ def exit_interrupted(message: Optional[str] = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # a second Ctrl-C while leaving changes nothing
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if message is None:
-        message = ("interrupted; nothing was written" if not written else
-                   f"interrupted after writing {', '.join(written)}")
+        message = f"interrupted; {written_text()}"
     if message:
         sys.stderr.write(message + "\n")
     raise SystemExit(EXIT_INTERRUPTED)

@@ -346,7 +346,6 @@ def timestep_embedding(timesteps: np.ndarray, dim: int, flip_sin_to_cos: bool = 
     return emb
 
 
-MODES = ("graph", "pynative")
 
 
 def compiled(fn, mode: str = "graph"):
@@ -355,6 +354,8 @@ def compiled(fn, mode: str = "graph"):
     A compiled function is traced once per input shape and dtype and reused for every later call; where the
     engine turned the compile cache on, a trace of an earlier process is reused (see :mod:`.cache`).
     """
+    from .options import MODES
+
     if mode not in MODES:
         raise ValueError(f"unknown execution mode {mode!r} (graph or pynative)")
     if mode == "pynative":

@@ -34,7 +34,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import UserError
+from .errors import InputError, UserError, about
 from .files import ImageLike, PathLike, open_image, save_npy, save_png, to_pil
 
 SizeHW = Tuple[int, int]
@@ -330,21 +330,21 @@ def build_mask(size_hw: SizeHW, mask_path: Optional[PathLike] = None, rects: Ite
     Raises a UserError for a bad rectangle or mask file, or when the result selects no pixel.
     """
     rects = list(rects)
-    if mask_path is None and not rects:
-        raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
     if grow < 0:
         raise UserError(f"bad grow {grow}: must be >= 0")
     mask = np.zeros(size_hw, dtype=bool)
     if mask_path is not None:
-        mask |= load_mask_file(mask_path, size_hw)
-    for rect in rects:
-        mask |= rect_mask(rect, size_hw)
+        with about("mask"):
+            mask |= load_mask_file(mask_path, size_hw)
+    for i, rect in enumerate(rects):
+        with about(f"mask_rects[{i}]"):
+            mask |= rect_mask(rect, size_hw)
     if invert:
         mask = ~mask
     if not mask.any():
         what = "the inverted mask" if invert else f"mask {mask_path}" if mask_path is not None else "the mask"
         hint = " (it covered the whole image)" if invert else " (it is all black; white = repaint)"
-        raise UserError(f"{what} selects no pixel: nothing to repaint{hint}")
+        raise InputError("invert_mask" if invert else "mask", f"{what} selects no pixel: nothing to repaint{hint}")
     return dilate(mask, grow) if grow else mask
 
 
@@ -367,8 +367,6 @@ class MaskSpec:
         object.__setattr__(self, "parsed_rects", tuple(parse_rect(r) for r in self.rects))
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
-        if self.path is None and not self.rects:
-            raise UserError("no mask given: use --mask-rect ROWS,COLS (repeatable) and/or --mask FILE")
         for name in ("grow", "feather"):
             if getattr(self, name) < 0:
                 raise UserError(f"bad {name} {getattr(self, name)}: must be >= 0")
@@ -383,10 +381,6 @@ class MaskSpec:
     def build(self, size_hw: SizeHW) -> np.ndarray:
         """The hard mask the model sees (bool (H, W), True = repaint)."""
         return build_mask(size_hw, self.path, self.parsed_rects, self.invert, self.grow)
-
-    def blend_weights(self, mask: np.ndarray) -> np.ndarray:
-        """Weights for :func:`paste_back` from the hard mask (see :func:`feather_weights`)."""
-        return feather_weights(mask, self.feather)
 
     def parameters(self) -> dict:
         """The spec as JSON-able parameters (for PNG metadata)."""

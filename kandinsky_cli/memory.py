@@ -2,7 +2,7 @@
 
 The estimate is the decoder's weights (from the safetensors headers) plus the UNet's working memory, a function of
 the latent pixels fitted to the peak RSS measured for the real Kandinsky 2.1 UNet in float32 with guidance (batch
-2): 6.6 GB at 256x256, 8.4 GB at 512x512, 13.7 GB at 768x768 (README, Performance). The working part scales with
+2): 6.6 GB at 256x256, 8.4 GB at 512x512, 13.7 GB at 768x768 (docs/performance.md). The working part scales with
 the batch and with the UNet's first block width (384 in the real model); the quadratic term is attention, whose
 score matrices grow with the square of the number of latent pixels. ``KANDINSKY_MEMORY_CHECK=0`` turns the check off.
 """

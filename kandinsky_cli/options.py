@@ -1,7 +1,7 @@
 """Every option of the tool, defined once: flag, YAML key, type, default, range and help.
 
 The command line (cli.py), batch files and folder mode (batchfile.py), the request objects (core.py), the PNG and
-manifest metadata and the README's option tables all come from :data:`OPTIONS`:
+manifest metadata and the option tables of docs/options.md all come from :data:`OPTIONS`:
 
 * the YAML key of an option is its ``key``; its flag is the key with dashes (``prior_steps`` <-> ``--prior-steps``),
   except repeatable flags, whose YAML key is the plural (``--mask-rect`` <-> ``mask_rects``, a list);
@@ -24,10 +24,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UserError
+from .files import IMAGE_SUFFIXES
+from .model_io import DEFAULT_DECODER, DEFAULT_PRIOR
+from .precision import DTYPES
+from .region import FILLS as EXTEND_FILLS, REGIONS, Extend, parse_extend
+from .schedulers import DECODER_SCHEDULERS as SCHEDULERS
+from .system import DEVICES as _TARGETS
 
 REQUIRED = object()
 SEED_MAX = 2**32 - 1
 MAX_TEXT_CHARS = 4096           # far beyond the 77 tokens the text encoders read
+MIX_TOTAL_MIN = 1e-6            # mix weights summing to less than this (in absolute value) are refused as zero
 
 
 class Invalid(Exception):
@@ -144,7 +151,6 @@ def rects(value: Any) -> Tuple[str, ...]:
     return tuple(value)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def mix_items(value: Any) -> Tuple[Tuple[str, float], ...]:
@@ -173,7 +179,6 @@ def mix_items(value: Any) -> Tuple[Tuple[str, float], ...]:
 
 def extend_margins(value: Any):
     """``"top=N,right=N,bottom=N,left=N"`` (any subset) or the same as a mapping -> :class:`region.Extend`."""
-    from .region import Extend, parse_extend
 
     if isinstance(value, Extend):
         return value
@@ -234,7 +239,7 @@ class Option:
         return self.check(value)
 
     def default_text(self) -> str:
-        """The default as the README and ``--help`` show it."""
+        """The default as the docs and ``--help`` show it."""
         if self.required:
             return "required"
         if self.default_doc is not None:
@@ -265,14 +270,8 @@ def _scopes(*names: str) -> FrozenSet[str]:
     return frozenset(names)
 
 
-DTYPES = ("float32", "float16", "bfloat16", "auto")
-REGIONS = ("full", "mask")
-EXTEND_FILLS = ("edge", "blur", "mean", "noise")
-MODES = ("graph", "pynative")
-DEVICES = ("cpu", "gpu", "ascend")
-SCHEDULERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde")
-DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-1-prior"
-DEFAULT_DECODER = "kandinsky-community/kandinsky-2-1-inpaint"
+MODES = ("graph", "pynative")         # layers.compiled: graph mode compiles each network once per shape
+DEVICES = tuple(_TARGETS)
 
 OPTIONS: Tuple[Option, ...] = (
     # -- what to paint
@@ -337,9 +336,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("region_padding", integer(0, 16384), 32, "Pixels of context around the mask's box with --region mask.",
            _scopes(JOB, FOLDER, MASK), int, "N"),
     Option("extend", optional(extend_margins), None,
-           "Outpainting: grow the canvas by these margins in pixels (top=N,right=N,bottom=N,left=N, any subset); the "
-           "new area is added to the mask (on its own it is the mask) and the output has the extended size.",
-           _scopes(JOB, FOLDER, MASK), str, "SIDE=N,..."),
+           "Outpainting: grow the canvas by these margins in pixels (top=N,right=N,bottom=N,left=N, any subset; "
+           "repeated flags are merged, a side given twice is an error); the new area is added to the mask (on its own "
+           "it is the mask) and the output has the extended size.",
+           _scopes(JOB, FOLDER, MASK), List[str], "SIDE=N,..."),
     Option("extend_fill", choice(EXTEND_FILLS), "edge",
            "What the new margin starts from: edge (replicate the nearest edge pixel), blur (that, blurred), mean (the "
            "image's mean colour) or noise.", _scopes(JOB, FOLDER), str, "|".join(EXTEND_FILLS)),
@@ -416,6 +416,92 @@ def check_value(key: str, value: Any, where: str) -> Any:
 def check_flags(values: Mapping[str, Any]) -> Dict[str, Any]:
     """Command-line values (``None`` = not given) checked, with messages naming the flag."""
     return {k: (None if v is None else check_value(k, v, flag_of(k))) for k, v in values.items()}
+
+
+# ------------------------------------------------------------------------------------------ rules between options
+
+class Conflict(UserError):
+    """A rule between options, worded for the entry point: ``str()`` names the flags (the command line),
+    :meth:`in_file` the keys of a batch file (``jobs.yaml: jobs[3]: height and width go together ...``). The
+    template names each option as ``{key}``; ``text`` holds literal parts that are the same everywhere."""
+
+    def __init__(self, template: str, keys: Sequence[str], **text: str):
+        self.template, self.keys, self.text = template, tuple(keys), text
+        super().__init__(self.worded(flag_of))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        return self.template.format(**{k: name(k) for k in self.keys}, **self.text)
+
+    def in_file(self, where: str) -> UserError:
+        return UserError(f"{where}: {self.worded(str)}")
+
+
+class IgnoredOption(UserWarning):
+    """An option that was given but has no effect because of others (one ``warning:`` line)."""
+
+
+def has_mask(values: Mapping[str, Any]) -> bool:
+    """A mask file or rectangles were given (with ``extend`` alone the margins are the mask)."""
+    return values.get("mask") is not None or bool(values.get("mask_rects"))
+
+
+def check_mask_given(values: Mapping[str, Any], masks_dir: Optional[bool] = None) -> None:
+    """The one "no mask given" rule: a mask file, rectangles, or margins to outpaint (which alone are the mask).
+    ``masks_dir``: folder mode's further source, ``--masks DIR``, was given (True) or not (False); None elsewhere."""
+    if has_mask(values) or values.get("extend") is not None or masks_dir:
+        return
+    raise Conflict("no mask given (what to repaint): give {mask_rects} and/or {mask}{more}, or {extend} to outpaint "
+                   "(the margins alone are the mask)",
+                   ("mask_rects", "mask", "extend"), more=", or --masks DIR (one per image)" if masks_dir is not None
+                   else "")
+
+
+def check_pairs(values: Mapping[str, Any]) -> None:
+    """Options that go together: ``height``/``width`` and the two embeddings files."""
+    if (values.get("height") is None) != (values.get("width") is None):
+        raise Conflict("{height} and {width} go together: give both or neither (without them the working size "
+                       "follows {resolution})", ("height", "width", "resolution"))
+    if (values.get("image_embeds") is None) != (values.get("negative_image_embeds") is None):
+        raise Conflict("{image_embeds} and {negative_image_embeds} go together: give both or neither",
+                       ("image_embeds", "negative_image_embeds"))
+
+
+#: Options without effect because of others: (key, when it is ignored, why; in the words of :class:`Conflict`).
+IGNORED: Tuple[Tuple[str, Callable[[Mapping[str, Any]], bool], str, Tuple[str, ...]], ...] = (
+    ("resolution", lambda v: v.get("height") is not None and v.get("width") is not None,
+     "{resolution} is ignored: {height} and {width} set the working size", ("resolution", "height", "width")),
+    ("region_padding", lambda v: v.get("region", BY_KEY["region"].default) != "mask",
+     "{region_padding} is ignored: it applies with {region} mask only", ("region_padding", "region")),
+    ("extend_fill", lambda v: v.get("extend") is None,
+     "{extend_fill} is ignored without {extend}: there is no margin to fill", ("extend_fill", "extend")),
+)
+
+
+def ignored(values: Mapping[str, Any], given: Iterable[str]) -> List[Conflict]:
+    """The options among ``given`` (those the user set, not defaults) that ``values`` makes ineffective."""
+    given = set(given)
+    return [Conflict(template, keys) for key, applies, template, keys in IGNORED if key in given and applies(values)]
+
+
+def warn_ignored(values: Mapping[str, Any], given: Iterable[str]) -> None:
+    """One ``warning:`` line per option the user gave that others make ineffective (worded with flags)."""
+    import warnings
+
+    for conflict in ignored(values, given):
+        warnings.warn(IgnoredOption(str(conflict)))
+
+
+def check_mix(prompt: Optional[str], mix: Sequence[Tuple[str, float]]) -> None:
+    """The weights of a mix (with the prompt, which joins it with weight 1) must not sum to zero: the embeddings
+    would be all zeros (or an unscaled difference of embeddings)."""
+    if not mix:
+        return
+    weights = ([1.0] if prompt else []) + [float(w) for _, w in mix]
+    if abs(math.fsum(weights)) <= MIX_TOTAL_MIN:
+        what = "are all zero" if not any(weights) else f"sum to {math.fsum(weights):g}"
+        raise Conflict("the weights of {mix}" + (" (with the prompt's 1)" if prompt else "") + f" {what}: the "
+                       "embeddings would be zeros; give weights with a non-zero sum (e.g. 'a cat=0.3' 'a dog=0.7')",
+                       ("mix",))
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -565,7 +651,7 @@ def kind_text(option: Option) -> str:
 
 
 def markdown_table(scope: str, aliases: Optional[Mapping[str, Sequence[str]]] = None) -> str:
-    """The README table of one scope's options: flag (and old spellings), YAML key, default, range, meaning."""
+    """The docs table of one scope's options: flag (and old spellings), YAML key, default, range, meaning."""
     rows = ["| flag | YAML key | default | values | meaning |", "|---|---|---|---|---|"]
     for o in in_scope(scope):
         flag = f"`{o.flag}/--no-{o.flag[2:]}`" if o.negatable else f"`{o.flag}`"
@@ -580,7 +666,7 @@ def markdown_table(scope: str, aliases: Optional[Mapping[str, Sequence[str]]] = 
 
 
 def table_markers(scope: str) -> Tuple[str, str]:
-    """The README lines around the generated table of ``scope``."""
+    """The docs lines around the generated table of ``scope``."""
     return f"<!-- options:{scope} -->", "<!-- /options -->"
 
 

@@ -84,11 +84,6 @@ class PriorPipeline:
         self._text_fn = compiled(self.text_encoder, mode)
         self._prior_fn = compiled(self.prior, mode)
 
-    @classmethod
-    def from_pretrained(cls, model: str = model_io.DEFAULT_PRIOR, dtype=None, offline: bool = False,
-                        mode: str = "graph", bf16: bool = False):
-        return cls(model_io.resolve_model_dir(model, offline=offline), dtype, mode, bf16)
-
     # -- pieces -------------------------------------------------------------------------------------------
     def _tensor(self, arr):
         import mindspore as ms

@@ -39,13 +39,15 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .errors import UserError
+from .files import check_pixels
 from .masks import MAX_SIDE, paste_back
-from .options import EXTEND_FILLS as FILLS, REGIONS
 
 SizeWH = Tuple[int, int]
 Box = Tuple[int, int, int, int]
 
 SIDES = ("top", "right", "bottom", "left")
+REGIONS = ("full", "mask")                          # --region
+FILLS = ("edge", "blur", "mean", "noise")           # --extend-fill
 DEFAULT_RESOLUTION = 768
 DEFAULT_PADDING = 32
 SIZE_MULTIPLE = 64
@@ -204,9 +206,8 @@ def plan(image_size: SizeWH, mask: np.ndarray, region: str = "full", padding: in
     ``extend`` is only recorded (the canvas and mask are already extended, see :func:`extend_canvas`).
     """
     check_options(region, padding, resolution)
-    if (height is None) != (width is None):
-        raise UserError("--height and --width go together: give both or neither "
-                        "(without them the working size follows --resolution)")
+    if (height is None) != (width is None):    # requests.InpaintRequest states the rule to users
+        raise ValueError("height and width go together")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != (image_size[1], image_size[0]):
         raise ValueError(f"a mask of shape {mask.shape} for a {image_size[0]}x{image_size[1]} image")
@@ -243,7 +244,12 @@ class Extend:
         return {side: getattr(self, side) for side in SIDES}
 
     def canvas_size(self, image_size: SizeWH) -> SizeWH:
-        return image_size[0] + self.left + self.right, image_size[1] + self.top + self.bottom
+        """The extended size; a UserError when it breaks the image size policy (files.check_pixels), before any
+        pixel of it exists."""
+        size = image_size[0] + self.left + self.right, image_size[1] + self.top + self.bottom
+        margins = ",".join(f"{side}={n}" for side, n in self.as_dict().items() if n)
+        check_pixels(size, f"the extended canvas (the {image_size[0]}x{image_size[1]} image plus margins {margins})")
+        return size
 
     def inner(self, image_size: SizeWH) -> Tuple[slice, slice]:
         """Where the original image lies on the canvas, as (rows, cols) slices."""
@@ -255,6 +261,7 @@ class Extend:
         The blend weights of an extended run are ``extend.pad(weights, 1.0)``: the margins are taken from the
         model whole and the original pixels blend as the user's mask says (feather included)."""
         array = np.asarray(array)
+        self.canvas_size((array.shape[1], array.shape[0]))   # the size policy, before the canvas is allocated
         widths = ((self.top, self.bottom), (self.left, self.right)) + ((0, 0),) * (array.ndim - 2)
         if mode == "constant":
             return np.pad(array, widths, mode, constant_values=value)
@@ -262,7 +269,8 @@ class Extend:
 
 
 def parse_extend(value: Union[str, Mapping]) -> Extend:
-    """``'top=N,right=N,bottom=N,left=N'`` (any subset, N >= 0, at least one > 0), or the same as a mapping."""
+    """``'top=N,right=N,bottom=N,left=N'`` (any subset, N >= 0, at least one > 0), the same as a mapping, or a list of
+    such specs (repeated flags), merged: a side may be given once in all of them."""
     sides = {}
     for side, number in _extend_pairs(value):
         if side not in SIDES:
@@ -279,6 +287,10 @@ def parse_extend(value: Union[str, Mapping]) -> Extend:
 def _extend_pairs(value):
     if isinstance(value, Mapping):
         return [(str(side).strip(), number) for side, number in value.items()]
+    if isinstance(value, (list, tuple)):   # repeated --extend flags (or a YAML list of specs): their sides merged
+        if not value:
+            raise _bad_extend(value, "nothing given")
+        return [pair for item in value for pair in _extend_pairs(item)]
     if not isinstance(value, str) or not value.strip():
         raise _bad_extend(value, "nothing given")
     pairs = []
@@ -300,7 +312,8 @@ def _margin(value, side: str, number) -> int:
 
 
 def _bad_extend(value, reason: str) -> UserError:
-    return UserError(f"bad extend {value!r}: {reason}; {_EXTEND_SYNTAX}")
+    shown = ", ".join(map(repr, value)) if isinstance(value, (list, tuple)) and value else repr(value)
+    return UserError(f"bad extend {shown}: {reason}; {_EXTEND_SYNTAX}")
 
 
 def _fill(pixels: np.ndarray, extend: Extend, fill: str) -> np.ndarray:
@@ -327,6 +340,7 @@ def extend_canvas(image: Image.Image, mask: Optional[np.ndarray], extend: Extend
     """
     if fill not in FILLS:
         raise UserError(f"bad extend fill {fill!r}: use one of {', '.join(FILLS)}")
+    extend.canvas_size(image.size)   # the size policy, from the numbers
     pixels = np.asarray(image.convert("RGB"))
     size = (pixels.shape[1], pixels.shape[0])
     canvas = np.array(_fill(pixels, extend, fill))

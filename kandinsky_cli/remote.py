@@ -25,11 +25,12 @@ class ServerWarning(UserWarning):
     """A warning the server gave about the job (e.g. a resized mask): printed as one ``warning:`` line."""
 
 
-class ServerFailure(Exception):
-    """The server could not run the job (it failed there, or the server is busy or unreachable): exit code 1."""
+class ServerFailure(UserError):
+    """The server failed or could not be reached (not the user's input): one ``error:`` line, exit code 1."""
+
+    exit_code = 1
 
 
-@dataclass
 class RemoteResult:
     outputs: List[Path]
     grid: Optional[Path]
@@ -64,24 +65,34 @@ def _check(response, url: str) -> None:
     raise ServerFailure(f"{url}: {line}")
 
 
-def inpaint_remote(server: str, job: Dict[str, Any], progress: Callable[[str, int, int], None]) -> RemoteResult:
-    """Run ``job`` (the command line's checked values: image, out, prompt, ...) on the server at ``server``."""
-    import httpx
-
-    from .files import atomic_set, check_writable_output, load_image, numbered_paths, save_png
+def _local_checks(job: Dict[str, Any]):
+    """The local run's checks and messages for the local files: the inputs open, the outputs can be written.
+    Returns (outputs, grid path or None)."""
+    from .files import check_writable_output, load_image, numbered_paths
     from .masks import read_mask_file
 
-    if job.get("image_embeds") is not None or job.get("negative_image_embeds") is not None:
-        raise UserError("--image-embeds/--negative-image-embeds cannot be sent with --server (the server runs the "
-                        "prior itself)")
-    image, mask, out = Path(job["image"]), job.get("mask"), Path(job["out"])
-    load_image(image)                      # the local run's checks and messages for the local files
-    if mask is not None:
-        read_mask_file(mask)
+    load_image(job["image"])
+    if job.get("mask") is not None:
+        read_mask_file(job["mask"])
+    out = Path(job["out"])
     outputs = numbered_paths(out, job.get("num_images") or 1)
     grid = out.with_name(f"{out.stem}-grid.png") if job.get("save_grid") else None
     for path in outputs + ([grid] if grid else []):
         check_writable_output(path)
+    return outputs, grid
+
+
+def inpaint_remote(server: str, job: Dict[str, Any], progress: Callable[[str, int, int], None]) -> RemoteResult:
+    """Run ``job`` (the command line's checked values: image, out, prompt, ...) on the server at ``server``."""
+    import httpx
+
+    from .files import atomic_set, save_png
+
+    if job.get("image_embeds") is not None or job.get("negative_image_embeds") is not None:
+        raise UserError("--image-embeds/--negative-image-embeds cannot be sent with --server (the server runs the "
+                        "prior itself)")
+    image, mask = Path(job["image"]), job.get("mask")
+    outputs, grid = _local_checks(job)
     base = server.rstrip("/")
     if "://" not in base:
         base = "http://" + base
@@ -169,3 +180,12 @@ def _download(client, url: str, local: Dict[str, Any]):
         pixels = np.asarray(im)
     parameters.update({k: v for k, v in local.items() if k in parameters})
     return pixels, parameters
+
+
+def inpaint_on_server(server: str, job: Dict[str, Any], engine_flags: List[str],
+                      progress: Callable[[str, int, int], None]) -> RemoteResult:
+    """``inpaint --server``: the job runs on the server, whose models are its own (engine flags are refused)."""
+    if engine_flags:
+        raise UserError(f"{', '.join(engine_flags)}: with --server the models and how they run are the server's "
+                        f"(give them to kandinsky serve)")
+    return inpaint_remote(server, job, progress)

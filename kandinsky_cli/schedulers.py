@@ -20,7 +20,6 @@ import math
 
 import numpy as np
 
-from .options import SCHEDULERS
 
 f32 = np.float32
 
@@ -441,7 +440,8 @@ class DPMSolverMultistepScheduler:
 
 
 # decoder sampler names (the CLI's --scheduler values)
-DECODER_SCHEDULERS = SCHEDULERS   # the names of --scheduler (options.py)
+#: The names of --scheduler, the default first among equals in options.py.
+DECODER_SCHEDULERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde")
 # DPM-Solver++ samplers: overrides on ``from_config(decoder folder's DDIM config)``, as a diffusers user swaps one in
 _DPM_OVERRIDES = {"dpmpp-2m": {}, "dpmpp-2m-karras": {"use_karras_sigmas": True},
                   "dpmpp-2m-sde": {"algorithm_type": "sde-dpmsolver++"}}

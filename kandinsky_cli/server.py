@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import options
+from .batchfile import MASK_SUFFIXES
 from .errors import UserError
+from .files import IMAGE_SUFFIXES
 
 API = "/api/v1"
 DEFAULT_HOST = "127.0.0.1"
@@ -51,8 +53,6 @@ PATH_KEYS = {
 }
 INPAINT_KEYS = tuple(k for k in options.JOB_KEYS if k not in PATH_KEYS)
 PRIOR_KEYS = options.PRIOR_KEYS
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-MASK_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 WEB_DIR = Path(__file__).parent / "web"
 
 
@@ -434,18 +434,35 @@ class _BodyLimit:
 
 
 def create_app(worker: Worker, token: Optional[str]):
-    from fastapi import APIRouter, Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    """The FastAPI app: the API under /api/v1 (behind the token, when one is set) and the page at /."""
+    from fastapi import APIRouter, Depends, FastAPI
+    from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from .files import ImageTooLarge
 
     app = FastAPI(title="kandinsky", description="Kandinsky 2.1 inpainting: the HTTP API of `kandinsky serve`.",
                   docs_url=f"{API}/docs", openapi_url=f"{API}/openapi.json", redoc_url=None)
-    accept_lock = threading.Lock()
+    _error_handlers(app)
+    api = APIRouter(prefix=API, dependencies=[Depends(_authorizer(token))])
+    _info_routes(api, worker)
+    _submit_routes(api, worker)
+    _job_routes(api, worker)
+    _file_routes(api, worker)
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    return app
+
+
+def _error_handlers(app) -> None:
+    """Every error as ``{"error": LINE}``: the CLI's lines for bad input, a short one for anything else."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -466,6 +483,11 @@ def create_app(worker: Worker, token: Optional[str]):
         traceback.print_exc()
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
+
+def _authorizer(token: Optional[str]):
+    """The dependency every API route has: ``Authorization: Bearer TOKEN`` when the server has a token."""
+    from fastapi import Request
+
     async def authorized(request: Request) -> None:
         if token is None:
             return
@@ -476,8 +498,10 @@ def create_app(worker: Worker, token: Optional[str]):
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
             raise ApiError(403, "wrong token (header 'Authorization: Bearer TOKEN')")
 
-    api = APIRouter(prefix=API, dependencies=[Depends(authorized)])
+    return authorized
 
+
+def _info_routes(api, worker: Worker) -> None:
     @api.get("/options")
     def get_options():
         """The option schema: every option's key, flag, type, range, choices, default and help."""
@@ -493,54 +517,67 @@ def create_app(worker: Worker, token: Optional[str]):
                                                            "limit": worker.queue_size},
                                                  "out_dir": str(worker.out_dir)}}
 
-    def accept_inpaint(job_text: Any, image: Any, mask: Any) -> Job:
-        if image is None or isinstance(image, str):
-            raise ApiError(400, "missing the 'image' file (multipart field 'image')")
-        if mask is not None and isinstance(mask, str):
-            raise ApiError(400, "the 'mask' field must be a file")
-        if job_text is None:
-            raise ApiError(400, "missing the 'job' field: a JSON object with at least 'prompt'")
+
+def _accept_inpaint(worker: Worker, accept_lock: threading.Lock, job_text: Any, image: Any, mask: Any) -> Job:
+    """Check an inpaint request as the command line would, store its uploads, queue it (or refuse it)."""
+    from .files import ImageTooLarge
+
+    if image is None or isinstance(image, str):
+        raise ApiError(400, "missing the 'image' file (multipart field 'image')")
+    if mask is not None and isinstance(mask, str):
+        raise ApiError(400, "the 'mask' field must be a file")
+    if job_text is None:
+        raise ApiError(400, "missing the 'job' field: a JSON object with at least 'prompt'")
+    try:
+        data = json.loads(job_text)
+    except (TypeError, ValueError) as e:
+        raise ApiError(400, f"job: not valid JSON ({e})") from None
+    values = check_job(data, INPAINT_KEYS)
+    job = worker.new_job("inpaint")
+    try:
+        image_path = job.folder / ("image" + _suffix(image.filename, IMAGE_SUFFIXES))
+        names = {str(image_path): _display_name(image.filename, "image")}
+        with open(image_path, "wb") as f:
+            shutil.copyfileobj(image.file, f)
+        mask_path = None
+        if mask is not None:
+            mask_path = job.folder / ("mask" + _suffix(mask.filename, MASK_SUFFIXES))
+            names[str(mask_path)] = _display_name(mask.filename, "mask")
+            with open(mask_path, "wb") as f:
+                shutil.copyfileobj(mask.file, f)
         try:
-            data = json.loads(job_text)
-        except (TypeError, ValueError) as e:
-            raise ApiError(400, f"job: not valid JSON ({e})") from None
-        values = check_job(data, INPAINT_KEYS)
-        job = worker.new_job("inpaint")
-        try:
-            image_path = job.folder / ("image" + _suffix(image.filename, IMAGE_SUFFIXES))
-            names = {str(image_path): _display_name(image.filename, "image")}
-            with open(image_path, "wb") as f:
-                shutil.copyfileobj(image.file, f)
-            mask_path = None
-            if mask is not None:
-                mask_path = job.folder / ("mask" + _suffix(mask.filename, MASK_SUFFIXES))
-                names[str(mask_path)] = _display_name(mask.filename, "mask")
-                with open(mask_path, "wb") as f:
-                    shutil.copyfileobj(mask.file, f)
-            try:
-                with accept_lock, warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    request = worker.adapter.inpaint_request(values, image_path, mask_path, job.folder / "out.png")
-                    _, seed = worker.adapter.prepare(request)
-            except ImageTooLarge as e:
-                raise ApiError(413, scrub(str(e), job.folder, names)) from None
-            except UserError as e:
-                raise ApiError(422, scrub(str(e), job.folder, names)) from None
-            job.warnings = [scrub(str(w.message), job.folder, names) for w in caught
-                            if w.category.__module__.startswith("kandinsky_cli")]
-            job.request, job.seed = worker.adapter.with_seed(request, seed), seed
-            worker.submit(job)
-        except BaseException:
-            shutil.rmtree(job.folder, ignore_errors=True)
-            raise
-        return job
+            with accept_lock, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                request = worker.adapter.inpaint_request(values, image_path, mask_path, job.folder / "out.png")
+                _, seed = worker.adapter.prepare(request)
+        except ImageTooLarge as e:
+            raise ApiError(413, scrub(str(e), job.folder, names)) from None
+        except UserError as e:
+            raise ApiError(422, scrub(str(e), job.folder, names)) from None
+        job.warnings = [scrub(str(w.message), job.folder, names) for w in caught
+                        if w.category.__module__.startswith("kandinsky_cli")]
+        job.request, job.seed = worker.adapter.with_seed(request, seed), seed
+        worker.submit(job)
+    except BaseException:
+        shutil.rmtree(job.folder, ignore_errors=True)
+        raise
+    return job
+
+
+def _submit_routes(api, worker: Worker) -> None:
+    """POST /inpaint and /prior: checked before anything is queued."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    accept_lock = threading.Lock()
 
     @api.post("/inpaint", status_code=202)
     async def post_inpaint(request: Request):
         """Multipart: 'image' (file), 'mask' (file, optional; white = repaint), 'job' (JSON: the batch-file keys)."""
         form = await request.form(max_files=2, max_fields=4)
         try:
-            job = await run_in_threadpool(accept_inpaint, form.get("job"), form.get("image"), form.get("mask"))
+            job = await run_in_threadpool(_accept_inpaint, worker, accept_lock, form.get("job"), form.get("image"), form.get("mask"))
         finally:
             await form.close()
         return JSONResponse({"id": job.id, "status": job.status, "seed": job.seed, "warnings": job.warnings,
@@ -567,6 +604,11 @@ def create_app(worker: Worker, token: Optional[str]):
             raise
         return JSONResponse({"id": job.id, "status": job.status, "seed": job.seed,
                              "url": f"{API}/jobs/{job.id}"}, status_code=202)
+
+
+def _job_routes(api, worker: Worker) -> None:
+    """A job's state, its cancellation and its progress events."""
+    from fastapi.responses import StreamingResponse
 
     @api.get("/jobs/{job_id}")
     def get_job(job_id: str):
@@ -606,11 +648,17 @@ def create_app(worker: Worker, token: Optional[str]):
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def _done(job: Job) -> None:
-        if job.status != "done":
-            raise ApiError(409 if job.status in ("queued", "running") else 404,
-                           f"job {job.id} is {job.status}" + (f": {job.error}" if job.error else "")
-                           + ("; no files" if job.status in FINAL else "; no files yet"))
+
+def _done(job: Job) -> None:
+    if job.status != "done":
+        raise ApiError(409 if job.status in ("queued", "running") else 404,
+                       f"job {job.id} is {job.status}" + (f": {job.error}" if job.error else "")
+                       + ("; no files" if job.status in FINAL else "; no files yet"))
+
+
+def _file_routes(api, worker: Worker) -> None:
+    """A finished job's files: output PNGs, the grid, a prior job's embeddings."""
+    from fastapi.responses import FileResponse
 
     @api.get("/jobs/{job_id}/images/{n}")
     def job_image(job_id: str, n: int):
@@ -638,16 +686,6 @@ def create_app(worker: Worker, token: Optional[str]):
             raise ApiError(404, f"job {job.id} has no embeddings {name!r} (image_embeds, negative_image_embeds)")
         return FileResponse(job.files[name], media_type="application/octet-stream",
                             filename=f"{job.id}.{name}.npy")
-
-    app.include_router(api)
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
-
-    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
-    return app
 
 
 # ------------------------------------------------------------------------------------------ the command

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 from . import TOOL_NAME, __version__
-from .batch import DEVICE_VARIABLE as DEVICE_ID_VARIABLE
 from .errors import UserError
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}   # --device name (options.DEVICES) -> MindSpore target
 DEVICE_VARIABLE = "KANDINSKY_DEVICE"
+DEVICE_ID_VARIABLE = "DEVICE_ID"            # the card of this process (msrun sets it for each worker)
 VERSIONED = ("numpy", "huggingface_hub", "tokenizers")       # packages whose versions `info` reports
 
 
@@ -175,40 +175,3 @@ def machine_info(device: Optional[str] = None) -> dict:
     }
 
 
-def info_tables(info: dict) -> list:
-    """``kandinsky info`` as Rich tables: the machine, then the cached models."""
-    from rich.filesize import decimal
-    from rich.markup import escape
-    from rich.table import Table
-
-    machine = Table(title=f"{TOOL_NAME} info", show_header=False)
-    machine.add_column("what", style="bold")
-    machine.add_column("value", overflow="fold")
-    machine.add_row("versions", ", ".join(f"{name} {version}" for name, version in info["versions"].items()))
-    dev = info["device"]
-    runs = "" if dev["device"] in dev["usable"] else " [red]cannot run here[/red]"
-    machine.add_row("device", f"{dev['device']} ({dev['source']}){runs}; usable here: {', '.join(dev['usable'])}; "
-                              f"MindSpore plugins: {', '.join(dev['plugins'])}"
-                              + (f"; DEVICE_ID {dev['device_id']}" if dev["device_id"] else ""))
-    threads = info["threads"]
-    machine.add_row("threads", f"{threads['cpus_usable']} of {threads['cpus']} CPUs usable; MindSpore runtime "
-                               f"threads {threads['mindspore_runtime_threads']}")
-    machine.add_row("memory", f"{decimal(info['memory']['available_bytes'])} free of "
-                              f"{decimal(info['memory']['total_bytes'])}")
-    low = info["bfloat16"]
-    machine.add_row("bfloat16", ("available" if low["available"] else escape(f"unavailable: {low['reason']}")) +
-                    f"; --dtype auto runs {low['auto']}")
-    machine.add_row("HF cache", escape(info["cache"]["hub_cache"]))
-    machine.add_row("tool cache", escape(f"{info['cache']['tool_cache']} "
-                                         f"({info['cache']['tool_cache_bytes'] / 1024 ** 2:.0f} MB; constants and "
-                                         "compiled graphs, safe to delete)"))
-    cached = info["cache"]["models"]
-    models = Table(title="cached models" if cached else "cached models: none yet (see `kandinsky download`)")
-    for column in ("model", "refs", "commit", "size", "float32", "float16"):
-        models.add_column(column, overflow="fold")
-    for m in cached:
-        ready = ["[green]complete[/green]" if m["complete"][dtype] else "[yellow]incomplete[/yellow]"
-                 for dtype in ("float32", "float16")]
-        models.add_row(escape(m["repo_id"]), escape(", ".join(m["refs"]) or "-"), m["commit"][:12],
-                       decimal(m["bytes"]), *ready)
-    return [machine, models]

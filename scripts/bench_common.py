@@ -227,13 +227,14 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 
 
-def run_command(argv: Sequence[str], stderr_path: Path) -> CommandRun:
-    """Run ``argv`` from the repository root; its stderr goes to ``stderr_path``."""
+def run_command(argv: Sequence[str], stderr_path: Path, env: Optional[dict] = None) -> CommandRun:
+    """Run ``argv`` from the repository root; its stderr goes to ``stderr_path``; ``env`` adds variables."""
     peak_file = Path(stderr_path).with_suffix(".maxrss")
     with open(stderr_path, "w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(peak_file), *argv], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, **(env or {})})
         stdout, _ = proc.communicate()
         seconds = time.perf_counter() - t0
         err.seek(0)

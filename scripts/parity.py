@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kandinsky_cli.parity import run_all
+from parity_lib import run_all
 
 
 def main() -> int:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Rewrite the option tables of README.md and the key list of configs/batch-example.yaml from kandinsky_cli/options.py.
+"""Rewrite the option tables of the docs and the key list of configs/batch-example.yaml from kandinsky_cli/options.py.
 
     python scripts/update_docs.py          # rewrite in place
     python scripts/update_docs.py --check  # exit 1 if a file differs from what the schema gives
 
-The README holds one generated table per scope between ``<!-- options:SCOPE -->`` and ``<!-- /options -->``; the
-example batch file holds the job keys between ``# <job-keys>`` and ``# </job-keys>``. tests/test_options.py fails
-when either differs from the schema.
+The docs (README.md and docs/*.md) hold one generated table per scope between ``<!-- options:SCOPE -->`` and
+``<!-- /options -->``, each in one file; the example batch file holds the job keys between ``# <job-keys>`` and
+``# </job-keys>``. tests/test_options.py fails when either differs from the schema.
 """
 import argparse
 import re
@@ -19,11 +19,11 @@ sys.path.insert(0, str(REPO))
 from kandinsky_cli import options  # noqa: E402
 from kandinsky_cli.cli import PRIOR_ALIASES  # noqa: E402
 
-README = REPO / "README.md"
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 EXAMPLE = REPO / "configs" / "batch-example.yaml"
 
 
-def readme_text(text: str) -> str:
+def docs_text(text: str) -> str:
     for scope in re.findall(r"<!-- options:(\w+) -->", text):
         begin, end = options.table_markers(scope)
         aliases = PRIOR_ALIASES if scope == options.PRIOR else None
@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = parser.parse_args()
     stale = []
-    for path, render in ((README, readme_text), (EXAMPLE, example_text)):
+    for path, render in [(doc, docs_text) for doc in DOCS] + [(EXAMPLE, example_text)]:
         old = path.read_text(encoding="utf-8")
         new = render(old)
         if new != old:

@@ -21,8 +21,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import FIXTURE
-from kandinsky_cli.batch import (Interrupts, Manifest, Shard, derive_seed, is_msrun_scheduler, parse_shard,
-                                 read_manifest, shard_from_env)
+from kandinsky_cli.batch import (Interrupts, Manifest, OutputLock, Shard, derive_seed, is_msrun_scheduler,
+                                 parse_shard, read_manifest, shard_from_env)
 from kandinsky_cli.batchfile import load_batch
 from kandinsky_cli.cli import app
 from kandinsky_cli.errors import UserError
@@ -265,13 +265,111 @@ def test_sigterm_stops_promptly_and_writes_nothing_partial(tmp_path, batch):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (seen, stdout, stderr)
     assert time.perf_counter() - t0 < 60
-    assert "interrupted after 1 of 2 jobs; rerun the same command to finish" in stderr
+    assert "interrupted after 1 of 2 jobs: wrote no output, 1 line(s) of the manifest" in stderr
+    assert stderr.rstrip().endswith("rerun the same command to finish (finished outputs are kept and skipped)")
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["manifest.jsonl"]   # no output, no temporary file
     assert [r["status"] for r in read_manifest(tmp_path / "out" / "manifest.jsonl")] == ["failed"]
 
 
+def _tiny_images(folder, count):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_batch_says_what_it_wrote(tmp_path, sig):
+    """Stopped after two finished jobs: exit 130, and the last line names exactly the files on disk."""
+    _tiny_images(tmp_path / "imgs", 6)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*kandinsky_command(), "batch", "--images", str(tmp_path / "imgs"), "--mask-rect",
+                             "0:20,0:20", "--prompt", "x", "--seed", "1", *TINY, "--out-dir", str(out), *MODELS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if sum(" done: " in s for s in seen) == 2:
+            break
+    proc.send_signal(sig)
+    stdout, rest = proc.communicate(timeout=120)
+    lines = [line for line in (seen + rest.splitlines()) if line.strip()]
+    assert proc.returncode == 130, (lines, stdout)
+    assert "Traceback" not in rest and "nothing was written" not in rest, rest
+    last = lines[-1]
+    on_disk = sorted(p.name for p in out.iterdir())
+    pngs_on_disk = [name for name in on_disk if name.endswith(".png")]
+    assert len(pngs_on_disk) >= 2 and on_disk == sorted(pngs_on_disk + ["manifest.jsonl"]), on_disk
+    assert last.startswith(f"interrupted after {len(pngs_on_disk)} of 6 jobs: wrote "), last
+    assert all(f"out/{name}" in last for name in pngs_on_disk), (last, on_disk)
+    records = read_manifest(out / "manifest.jsonl")
+    assert f"and {len(records)} line(s) of the manifest out/manifest.jsonl" in last, last
+    assert sorted(Path(r["output"]).name for r in records) == pngs_on_disk
+
+
+def test_two_processes_on_one_batch_share_it(tmp_path):
+    """Started together without --shard: every job is computed once (by one of them), the other reports it as
+    skipped, the manifest holds one line per output and no lock file is left."""
+    _tiny_images(tmp_path / "imgs", 6)
+    out = tmp_path / "out"
+    args = [*kandinsky_command(), "batch", "--images", str(tmp_path / "imgs"), "--mask-rect", "0:20,0:20", "--prompt",
+            "x", "--seed", "1", *TINY, "--out-dir", str(out), *MODELS, "--json"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (stdout, stderr) in zip(procs, results):
+        assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    summaries = [json.loads(stdout) for stdout, _ in results]
+    done = [j["index"] for s in summaries for j in s["jobs"] if j["status"] == "done"]
+    assert sorted(done) == list(range(6)), summaries          # each job computed exactly once
+    for s in summaries:
+        for job in s["jobs"]:
+            assert job["status"] in ("done", "skipped"), job
+            if job["status"] == "skipped":
+                assert job["reason"] == "outputs exist" or job["reason"].startswith(
+                    "being computed by another process (pid "), job
+    records = read_manifest(out / "manifest.jsonl")
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(records) == 6
+    assert sorted(Path(r["output"]).name for r in records) == [f"p{i}.png" for i in range(6)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"p{i}.png" for i in range(6)] + ["manifest.jsonl"])
+
+
 # ------------------------------------------------------------------------------------------ no models
+
+def _hold_lock(path, ready, release):
+    lock = OutputLock(path)
+    assert lock.acquire() is None
+    ready.set()
+    release.wait(30)
+
+
+def test_an_output_lock_is_exclusive_and_released_with_its_owner(tmp_path):
+    import multiprocessing
+
+    target = tmp_path / "sub" / "a.png"
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    owner = ctx.Process(target=_hold_lock, args=(target, ready, release))
+    owner.start()
+    assert ready.wait(30)
+    mine = OutputLock(target)
+    assert mine.held_elsewhere()
+    assert mine.acquire() == f"pid {owner.pid} on {socket.gethostname()}"
+    os.kill(owner.pid, signal.SIGKILL)   # dies holding it: the file stays, the lock does not
+    owner.join(30)
+    assert (tmp_path / "sub" / ".a.png.lock").exists() and not mine.held_elsewhere()
+    assert mine.acquire() is None        # a stale lock file is taken over
+    assert OutputLock(target).acquire() == f"pid {os.getpid()} on {socket.gethostname()}"
+    mine.release()
+    assert list((tmp_path / "sub").iterdir()) == []   # no lock file is left
+    fresh = OutputLock(tmp_path / "new" / "deeper" / "b.png")
+    assert fresh.acquire() is None
+    fresh.release()
+    assert not (tmp_path / "new").exists()   # folders made for the lock alone are removed again
+
+
 
 def test_parse_shard():
     assert parse_shard(None) == Shard(0, 1, "all")
@@ -373,7 +471,7 @@ def test_out_dir_resolves_outputs(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--shard", "2/2"], "bad --shard"),
     (["--shard", "auto"], "--shard auto"),
-    (["--images", "{d}", "--out-dir", "{d}/o", "--prompt", "x"], "needs a mask"),
+    (["--images", "{d}", "--out-dir", "{d}/o", "--prompt", "x"], "no mask given"),
     (["--images", "{d}", "--mask-rect", "0:1,0:1", "--prompt", "x"], "needs --out-dir"),
     (["--images", "{d}", "--mask-rect", "0:1,0:1", "--out-dir", "{d}/o"], "needs --prompt"),
     (["--images", "{d}", "--mask-rect", "0:1,0:1", "--prompt", "x", "--out-dir", "{d}/o", "--height", "100"],

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kandinsky_cli.batchfile import JOB_KEYS, check_job_inputs, load_batch
+from kandinsky_cli.batchfile import JOB_KEYS, load_batch, prepare_job
 from kandinsky_cli.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,8 +82,8 @@ def test_valid_file_with_defaults_and_paths(batch_dir):
     assert not second.uses_prior and second.negative_image_embeds == batch_dir / "in" / "neg.npy"
     spec = second.mask_spec()
     assert (spec.path, spec.grow, spec.feather) == (second.mask, 2, 4)
-    assert check_job_inputs(first)[0] == (48, 64) and check_job_inputs(second)[0] == (48, 64)
-    assert check_job_inputs(first)[1].working_size == (832, 640)   # 64x48 at --resolution 768, 4:3
+    assert prepare_job(first).input_size == (48, 64) and prepare_job(second).input_size == (48, 64)
+    assert prepare_job(first).plan.working_size == (832, 640)   # 64x48 at --resolution 768, 4:3
 
 
 def test_every_key_is_documented_in_the_example():
@@ -96,7 +96,7 @@ def test_example_config_is_valid():
     jobs = load_batch(REPO / "configs" / "batch-example.yaml")
     assert len(jobs) >= 3
     for job in jobs:
-        check_job_inputs(job)
+        prepare_job(job)
 
 
 def _job(extra="", image="in/cat.png", mask='mask_rects: ["0:10,0:10"]', prompt="prompt: a hat"):
@@ -149,10 +149,14 @@ def _job(extra="", image="in/cat.png", mask='mask_rects: ["0:10,0:10"]', prompt=
     # missing required keys
     (_job(image=""), "jobs[1]", "missing required key 'image'"),
     (_job(prompt=""), "jobs[1]", "missing required key 'prompt'"),
-    (_job(mask=""), "jobs[1]", "missing required key 'mask' or 'mask_rects'"),
-    (_job(mask="mask_rects: []"), "jobs[1]", "missing required key 'mask' or 'mask_rects'"),
-    (_job("image_embeds: in/pos.npy"), "jobs[1].negative_image_embeds", "together with image_embeds"),
-    (_job("negative_image_embeds: in/neg.npy"), "jobs[1].image_embeds", "together with negative_image_embeds"),
+    (_job(mask=""), "jobs[1]: ", r"no mask given \(what to repaint\): give mask_rects and/or mask, or extend"),
+    (_job(mask="mask_rects: []"), "jobs[1]: ", "no mask given .* give mask_rects and/or mask, or extend"),
+    # rules between keys: worded with keys, not flags
+    (_job("image_embeds: in/pos.npy"), "jobs[1]: ", "image_embeds and negative_image_embeds go together"),
+    (_job("negative_image_embeds: in/neg.npy"), "jobs[1]: ", "image_embeds and negative_image_embeds go together"),
+    (_job("resolution: 512\nheight: 64"), "jobs[1]: ", "height and width go together: .* follows resolution"),
+    (_job("width: 128"), "jobs[1]: ", "height and width go together"),
+    ("defaults:\n  height: 64\n" + _job(), "jobs[0]: ", "height and width go together"),
     # missing input files
     (_job(image="in/dog.png"), "jobs[1].image", "file not found: .*dog.png"),
     (_job(image="in"), "jobs[1].image", "not a file: "),
@@ -180,7 +184,7 @@ def test_errors_name_file_job_and_key(batch_dir, text, where, message):
     assert text.startswith(f"{path}: "), text
     assert where in text, text
     assert re.search(message, text), text
-    assert "\n" not in text
+    assert "\n" not in text and " --" not in text, text   # keys, never flags
 
 
 def test_missing_and_unreadable_batch_file(batch_dir):
@@ -203,11 +207,11 @@ def test_yaml_is_loaded_safely(batch_dir):
     ('mask_rects: [":,:"]\n    invert_mask: true', "invert_mask", "selects no pixel"),
     ("mask: in/bad.npy", "mask", r"outside \[0, 1\]"),
     ('mask_rects: ["0:1,0:1"]\n    image_embeds: in/bad_embeds.npy\n    negative_image_embeds: in/neg.npy',
-     "image_embeds", "expected float embeddings"),
+     "image_embeds", "expected float32 embeddings"),
     ('mask_rects: ["0:1,0:1"]\n    image_embeds: in/garbage.npy\n    negative_image_embeds: in/neg.npy',
      "image_embeds", "not a valid .npy"),
 ])
-def test_check_job_inputs_names_the_key(batch_dir, job, key, message):
+def test_prepare_job_names_the_key(batch_dir, job, key, message):
     Image.new("L", (64, 48), 0).save(batch_dir / "in" / "black.png")
     np.save(batch_dir / "in" / "bad.npy", np.full((48, 64), 2.0))
     np.save(batch_dir / "in" / "bad_embeds.npy", np.zeros((2, 3, 4), np.int32))
@@ -215,19 +219,19 @@ def test_check_job_inputs_names_the_key(batch_dir, job, key, message):
     path = write(batch_dir, f"jobs:\n  - image: in/cat.png\n    prompt: x\n    {job}\n")
     (job_,) = load_batch(path)
     with pytest.raises(UserError, match=message) as err:
-        check_job_inputs(job_)
+        prepare_job(job_)
     assert str(err.value).startswith(f"{path}: jobs[0].{key}: ")
 
 
-def test_check_job_inputs_corrupt_image(batch_dir):
+def test_prepare_job_corrupt_image(batch_dir):
     (batch_dir / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     path = write(batch_dir, "jobs:\n  - {image: in/broken.png, prompt: x, mask_rects: ['0:1,0:1']}\n")
     with pytest.raises(UserError, match=r"jobs\[0\]\.image: cannot read image"):
-        check_job_inputs(load_batch(path)[0])
+        prepare_job(load_batch(path)[0])
 
 
-def test_check_job_inputs_warns_on_resized_mask(batch_dir):
+def test_prepare_job_warns_on_resized_mask(batch_dir):
     Image.new("L", (32, 24), 255).save(batch_dir / "in" / "small.png")
     path = write(batch_dir, "jobs:\n  - {image: in/cat.png, prompt: x, mask: in/small.png}\n")
     with pytest.warns(UserWarning, match="32x24 but the image is 64x48"):
-        assert check_job_inputs(load_batch(path)[0])[0] == (48, 64)
+        assert prepare_job(load_batch(path)[0]).input_size == (48, 64)

@@ -327,3 +327,133 @@ def test_progress_on_a_terminal_shows_bytes(tmp_path, home, hub):
     assert run.wait(timeout=60) == 0
     text = shown.decode(errors="replace")
     assert "Fetching 11 files" in text and "11/11" in text and "7.4/7.4 MB" in text and "eta" in text
+
+
+# ------------------------------------------------------------------------------------------ a damaged cache
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def local_cache(tmp_path, monkeypatch):
+    """A cache holding the fixture's prior and decoder as huggingface_hub lays them out (no network involved)."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hf" / "hub"
+    for repo_id, name in ((PRIOR_ID, "prior"), (DECODER_ID, "inpaint")):
+        repo = hub / ("models--" + repo_id.replace("/", "--"))
+        shutil.copytree(FIXTURE / name, repo / "snapshots" / COMMIT)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub / ("models--" + DECODER_ID.replace("/", "--"))
+
+
+def _not_utf8(repo):
+    (repo / "refs" / "main").write_bytes(b"\xff\xfe\x00\x9c" + COMMIT.encode()[:20])
+
+
+def _missing_snapshot(repo):
+    (repo / "refs" / "main").write_text("f" * 40)
+
+
+def _ref_is_a_folder(repo):
+    (repo / "refs" / "main").unlink()
+    (repo / "refs" / "main").mkdir()
+
+
+def _broken_link(repo):
+    (repo / "refs" / "main").unlink()
+    (repo / "refs" / "main").symlink_to(repo / "nowhere")
+
+
+def _not_a_hash(repo):
+    (repo / "refs" / "main").write_text("../../../etc/passwd")
+
+
+DAMAGE = {"not UTF-8": (_not_utf8, "refs/main holds"), "missing snapshot": (_missing_snapshot, "snapshot folder is "
+          "missing"), "ref is a folder": (_ref_is_a_folder, "refs/main is a folder"),
+          "broken link": (_broken_link, "refs/main cannot be read"), "not a hash": (_not_a_hash, "not a commit hash")}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_cache_entry_is_reported_never_a_traceback(local_cache, damage):
+    from typer.testing import CliRunner
+
+    from kandinsky_cli.cli import app
+
+    runner = CliRunner()
+    ok_check = runner.invoke(app, ["download", *MODELS, "--check"])
+    assert ok_check.exit_code == 0 and ok_check.stdout.startswith("ok: "), ok_check.output
+    spoil, words = DAMAGE[damage]
+    spoil(local_cache)
+    check = runner.invoke(app, ["download", *MODELS, "--check"])
+    assert check.exit_code == 2 and "Traceback" not in check.output, check.output
+    (line,) = check.stderr.splitlines()
+    assert line.startswith(f"error: decoder: model {DECODER_ID}: the Hugging Face cache entry ") and words in line
+    assert "damaged" in line and "kandinsky download" in line and PRIOR_ID not in line, line
+    info = runner.invoke(app, ["info", "--json"])
+    assert info.exit_code == 0 and "Traceback" not in info.output, info.output
+    models = json.loads(info.stdout)["cache"]["models"]
+    prior = [m for m in models if m["repo_id"] == PRIOR_ID]
+    assert len(prior) == 1 and prior[0]["complete"]["float32"] and prior[0]["damaged"] is None
+    bad = [m for m in models if m["repo_id"] == DECODER_ID and m["damaged"]]
+    assert len(bad) == 1 and words in bad[0]["damaged"] and bad[0]["refs"] == ["main"], bad
+    table = runner.invoke(app, ["info"])
+    assert table.exit_code == 0 and "damaged" in table.stdout, table.output
+
+
+def test_check_names_every_missing_model(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from kandinsky_cli.cli import app
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    result = CliRunner().invoke(app, ["download", *MODELS, "--check"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert f"prior: model {PRIOR_ID} is not in the Hugging Face cache" in line
+    assert f"decoder: model {DECODER_ID} is not in the Hugging Face cache" in line
+
+
+@pytest.mark.parametrize("revision", ["../refs/main", "a/b", "/etc/passwd", "..", ".", "main/../../x", "refs/pr/x",
+                                      "", "ma in", "a\\b"])
+@pytest.mark.parametrize("check", [True, False])
+def test_a_revision_with_path_components_is_refused(local_cache, revision, check):
+    from typer.testing import CliRunner
+
+    from kandinsky_cli.cli import app
+
+    result = CliRunner().invoke(app, ["download", *MODELS, "--revision", revision] + (["--check"] if check else []))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: bad --revision {revision!r}: give a branch, tag or commit name"), line
+
+
+def test_plain_revisions_still_resolve(local_cache):
+    from typer.testing import CliRunner
+
+    from kandinsky_cli.cli import app
+
+    for revision in ("main", COMMIT):
+        result = CliRunner().invoke(app, ["download", *MODELS, "--revision", revision, "--check"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["download", *MODELS, "--revision", "v1.0", "--check"])
+    assert result.exit_code == 2 and "not in the Hugging Face cache" in result.stderr
+
+
+def test_batch_check_makes_the_model_checks_with_a_cached_hub_id(local_cache, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from kandinsky_cli.cli import app
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "in.png")
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  - {image: in.png, prompt: x, mask_rects: ['0:9,0:9'], "
+                                        "scheduler: ddim, steps: 1000}\n")
+    result = CliRunner().invoke(app, ["batch", str(tmp_path / "jobs.yaml"), "--check", *MODELS])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {tmp_path / 'jobs.yaml'}: jobs[0]: steps 1000 with scheduler ddim: "), line

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFilter
 
+from kandinsky_cli import options
 from kandinsky_cli.errors import UserError
 from kandinsky_cli.masks import (MaskSpec, MaskWarning, build_mask, dilate, feather_weights, format_size,
                                  load_mask_file, parse_rect, parse_size, paste_back, read_mask_file, rect_mask,
@@ -278,15 +279,15 @@ def test_mask_selecting_nothing(tmp_path):
         build_mask((4, 4), tmp_path / "black.png")
     with pytest.raises(UserError, match="inverted mask selects no pixel"):
         build_mask((4, 4), rects=[":,:"], invert=True)
-    with pytest.raises(UserError, match="no mask given"):
+    with pytest.raises(UserError, match="the mask selects no pixel"):   # nothing given: nothing selected
         build_mask((4, 4))
 
 
 def test_mask_spec_checks_early():
     with pytest.raises(UserError, match="malformed rectangle '1:2'"):
         MaskSpec.from_options(mask_rect=["0:1,0:1", "1:2"])
-    with pytest.raises(UserError, match="no mask given"):
-        MaskSpec.from_options()
+    with pytest.raises(UserError, match="no mask given"):   # the rule is the request's (options.check_mask_given)
+        options.check_mask_given({"mask": None, "mask_rects": ()})
     with pytest.raises(UserError, match="grow"):
         MaskSpec(rects=("0:1,0:1",), grow=-1)
     spec = MaskSpec.from_options(None, ["0:2,0:2"], invert_mask=True, grow=1, feather=3)

@@ -66,10 +66,12 @@ def test_the_same_thing_is_spelled_the_same_in_every_command():
 
 
 @pytest.mark.parametrize("scope", [options.JOB, options.PRIOR, options.ENGINE])
-def test_readme_tables_are_the_schema(scope):
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_docs_tables_are_the_schema(scope):
     begin, end = options.table_markers(scope)
-    table = readme.split(begin + "\n", 1)[1].split(end, 1)[0].strip()
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    holders = [text for text in (path.read_text(encoding="utf-8") for path in docs) if begin in text]
+    assert len(holders) == 1, f"{begin} should be in exactly one of README.md, docs/*.md"
+    table = holders[0].split(begin + "\n", 1)[1].split(end, 1)[0].strip()
     aliases = PRIOR_ALIASES if scope == options.PRIOR else None
     assert table == options.markdown_table(scope, aliases), "run python scripts/update_docs.py"
 
@@ -96,7 +98,7 @@ def test_metadata_records_every_job_key(tmp_path):
     from kandinsky_cli.region import plan
 
     mask = np.ones((4, 4), bool)
-    job = Prepared(request, Image.new("RGB", (4, 4)), mask, 5, plan((4, 4), mask), mask.astype(np.float32))
+    job = Prepared(request, Image.new("RGB", (4, 4)), mask, 5, plan((4, 4), mask), mask.astype(np.float32), (4, 4))
     params = engine.parameters(job, 1)
     assert set(options.JOB_KEYS) <= set(params)
     assert {"working_size", "region", "region_box", "extend"} <= set(params)

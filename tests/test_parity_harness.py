@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE, assert_scaled
-from kandinsky_cli import parity
 
 REPO = FIXTURE.parent.parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import parity_lib as parity  # noqa: E402  (scripts/parity.py's engine)
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])

@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+
+from kandinsky_cli.requests import InpaintRequest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -198,8 +200,12 @@ def test_full_plan_of_a_photo_keeps_its_aspect():
 
 
 @pytest.mark.parametrize("height, width", [(512, None), (None, 512)])
-def test_height_and_width_go_together(height, width):
+def test_height_and_width_go_together(height, width, tmp_path):
+    # the user's rule is the request's (one line, flags or keys); the planner only guards its contract
     with pytest.raises(UserError, match="--height and --width go together"):
+        InpaintRequest({"image": tmp_path / "in.png", "prompt": "x", "out": tmp_path / "o.png", "height": height,
+                        "width": width})
+    with pytest.raises(ValueError, match="height and width go together"):
         plan((64, 64), np.ones((64, 64), bool), height=height, width=width)
 
 

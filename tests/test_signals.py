@@ -50,7 +50,7 @@ def check_stopped(proc, out_dir: Path, complete: set, what: str):
 
 
 def sweep(args, tmp_path, complete, signals):
-    """The signals in turn, one run each, at each moment (both get the same handling; see README).
+    """The signals in turn, one run each, at each moment (both get the same handling; see docs/behaviour.md).
 
     The early moments come first: those runs also warm the disk cache, so that the whole run, timed next, takes
     as long as the later ones (a cold first run, slower than the rest, put the late signals after their end).

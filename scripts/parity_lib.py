@@ -27,7 +27,7 @@ def load_cases(fixture: Path) -> dict:
 
 
 def tokenizer_outputs(fixture: Path) -> Arrays:
-    from .tokenizer import load_clip_tokenizer, load_xlmr_tokenizer
+    from kandinsky_cli.tokenizer import load_clip_tokenizer, load_xlmr_tokenizer
 
     fixture = Path(fixture)
     prompts = load_cases(fixture)["tokenizers"]["prompts"]
@@ -45,9 +45,9 @@ def prior_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph", 
     """The prior's networks on the golden inputs (``bf16``: with the bf16 operators, layers.to_bfloat16)."""
     import mindspore as ms
 
-    from .layers import compiled, with_precision
-    from .clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
-    from .prior import PriorTransformer
+    from kandinsky_cli.layers import compiled, with_precision
+    from kandinsky_cli.clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    from kandinsky_cli.prior import PriorTransformer
 
     root = Path(fixture) / "prior"
     out = {}
@@ -81,10 +81,10 @@ def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph"
     """The decoder's networks on the golden inputs (``bf16``: with the bf16 operators)."""
     import mindspore as ms
 
-    from .layers import compiled, with_precision
-    from .mclip import MultilingualCLIP
-    from .movq import VQModel
-    from .unet import UNet2DConditionModel
+    from kandinsky_cli.layers import compiled, with_precision
+    from kandinsky_cli.mclip import MultilingualCLIP
+    from kandinsky_cli.movq import VQModel
+    from kandinsky_cli.unet import UNet2DConditionModel
 
     root = Path(fixture) / "inpaint"
     out = {}
@@ -116,8 +116,8 @@ def decoder_component_outputs(fixture: Path, inputs: Arrays, mode: str = "graph"
 
 
 def prior_pipeline_outputs(fixture: Path, pipe=None, mode: str = "graph", debug: Arrays = None) -> Arrays:
-    from .noise import Noise
-    from .prior_pipeline import PriorPipeline
+    from kandinsky_cli.noise import Noise
+    from kandinsky_cli.prior_pipeline import PriorPipeline
 
     pipe = pipe or PriorPipeline(Path(fixture) / "prior", mode=mode)
     out = {}
@@ -147,8 +147,8 @@ def inpaint_inputs(fixture: Path, case: dict, inputs: Arrays, i: int):
 
 
 def inpaint_pipeline_outputs(fixture: Path, pipe=None, debug: Arrays = None, mode: str = "graph") -> Arrays:
-    from .inpaint_pipeline import InpaintPipeline
-    from .noise import Noise
+    from kandinsky_cli.inpaint_pipeline import InpaintPipeline
+    from kandinsky_cli.noise import Noise
 
     fixture = Path(fixture)
     pipe = pipe or InpaintPipeline(fixture / "inpaint", mode=mode)
@@ -180,8 +180,8 @@ def scheduler_outputs(fixture: Path, pipe=None, mode: str = "graph", cases=None)
     step) and ``caseNN/timesteps``."""
     from PIL import Image
 
-    from .inpaint_pipeline import InpaintPipeline
-    from .noise import Noise
+    from kandinsky_cli.inpaint_pipeline import InpaintPipeline
+    from kandinsky_cli.noise import Noise
 
     fixture = Path(fixture)
     pipe = pipe or InpaintPipeline(fixture / "inpaint", mode=mode)

@@ -31,6 +31,7 @@ class ServerFailure(UserError):
     exit_code = 1
 
 
+@dataclass
 class RemoteResult:
     outputs: List[Path]
     grid: Optional[Path]

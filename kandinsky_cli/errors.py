@@ -24,10 +24,11 @@ class InputError(UserError):
 
 @contextmanager
 def about(key: Optional[str]) -> Iterator[None]:
-    """Attribute a UserError raised inside to ``key`` (errors that already name their keys pass unchanged)."""
+    """Attribute a UserError raised inside to ``key`` (its ``key`` attribute; errors that already name their key or
+    keys pass unchanged)."""
     try:
         yield
     except UserError as e:
-        if key is None or isinstance(e, InputError) or hasattr(e, "in_file"):
-            raise
-        raise InputError(key, str(e)) from None
+        if key is not None and getattr(e, "key", None) is None and not hasattr(e, "in_file"):
+            e.key = key      # the error keeps its class (e.g. an image over the size policy)
+        raise

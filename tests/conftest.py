@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kandinsky21-tiny"
+# scripts/parity_lib.py (the parity harness behind scripts/parity.py) is imported by the tests as ``parity_lib``
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 GOLDEN = FIXTURE / "golden"
 
 
@@ -42,6 +45,17 @@ def assert_image_close(cand, ref, max_abs=5e-3, mean_abs=1e-4, what=""):
     diff = np.abs(cand - ref)
     assert diff.max() <= max_abs and diff.mean() <= mean_abs, \
         f"{what}: max_abs {diff.max():.3g} (limit {max_abs}), mean_abs {diff.mean():.3g} (limit {mean_abs})"
+
+
+def invoke_cli(*args, code=0):
+    """The command line in this process (Typer's runner); the exit code must be ``code``."""
+    from typer.testing import CliRunner
+
+    from kandinsky_cli.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    return result
 
 
 @pytest.fixture(scope="session")

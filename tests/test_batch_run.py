@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import FIXTURE
+from conftest import FIXTURE, invoke_cli
 from kandinsky_cli.batch import (Interrupts, Manifest, OutputLock, Shard, derive_seed, is_msrun_scheduler,
                                  parse_shard, read_manifest, shard_from_env)
 from kandinsky_cli.batchfile import load_batch
@@ -35,7 +34,6 @@ DECODER = str(FIXTURE / "inpaint")
 # (test_readme.py)
 MODELS = ["--prior-model", PRIOR, "--decoder-model", DECODER, "--mode", "pynative"]
 TINY = ["--steps", "2", "--prior-steps", "2", "--height", "64", "--width", "64"]
-runner = CliRunner()
 
 JOBS = """\
 defaults: {steps: 2, prior_steps: 2, height: 64, width: 64}
@@ -50,10 +48,7 @@ jobs:
 OUTPUTS = ["a-rect.png", "a-mask.png", "b.png", "a-scarf.png"]
 
 
-def run(*args, code=0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
-    return result
+run = invoke_cli   # conftest: the CLI in this process, exit code checked
 
 
 def pixels(path):

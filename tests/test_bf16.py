@@ -10,7 +10,8 @@ import pytest
 from mindspore import Tensor, ops
 
 from conftest import FIXTURE
-from kandinsky_cli import bf16, parity
+from kandinsky_cli import bf16
+import parity_lib as parity  # scripts/parity.py's harness (conftest puts scripts/ on the path)
 
 REASON = bf16.unavailable_reason()
 needs_bf16 = pytest.mark.skipif(REASON is not None, reason=f"bf16 unavailable: {REASON}")

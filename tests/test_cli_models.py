@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import FIXTURE, assert_scaled, image_max
+from conftest import FIXTURE, assert_scaled, image_max, invoke_cli
 from kandinsky_cli import bf16
 from kandinsky_cli.cli import app
 from kandinsky_cli.files import read_png_metadata
@@ -21,14 +21,10 @@ REFERENCE = ("--dtype", "float32")
 
 
 def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
+    return runner.invoke(app, [str(a) for a in args])
 
 
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
+ok = invoke_cli   # conftest: the CLI in this process, exit code 0
 
 
 def fail(*args, contains=""):

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE, assert_scaled
+import parity_lib as parity  # scripts/parity.py's harness (conftest puts scripts/ on the path)
 
 REPO = FIXTURE.parent.parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import parity_lib as parity  # noqa: E402  (scripts/parity.py's engine)
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])

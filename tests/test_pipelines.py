@@ -3,17 +3,13 @@ the inpaint pipeline with every decoder sampler too (golden/schedulers.npz)."""
 import json
 import shutil
 
-import sys
-
 import numpy as np
 import pytest
 
 from conftest import FIXTURE, assert_image_close, assert_scaled, image_max
 from kandinsky_cli.noise import Noise
 from kandinsky_cli.schedulers import DECODER_SCHEDULERS
-
-sys.path.insert(0, str(FIXTURE.parents[2] / "scripts"))
-import parity_lib as parity  # noqa: E402  (scripts/parity.py's engine)
+import parity_lib as parity  # scripts/parity.py's harness (conftest puts scripts/ on the path)
 
 SAMPLER_META = json.loads((FIXTURE / "golden" / "schedulers.json").read_text(encoding="utf-8"))
 SAMPLER_CASES = {case["key"]: case for case in SAMPLER_META["cases"]}

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import invoke_cli
 from PIL import Image
-from typer.testing import CliRunner
 
 from kandinsky_cli.cli import app
 from kandinsky_cli.files import read_png_metadata
@@ -15,13 +16,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "kandinsky21-tiny"
 # Eager networks: these tests run many working sizes, and each compiled shape costs a compile.
 MODELS = ["--prior-model", str(FIXTURE / "prior"), "--decoder-model", str(FIXTURE / "inpaint"), "--mode", "pynative"]
 FAST = ["--steps", "2", "--prior-steps", "2", "--seed", "3"]
-runner = CliRunner()
 
 
-def run(*args, code=0):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    return result
+run = invoke_cli   # conftest: the CLI in this process, exit code checked
 
 
 def photo(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:

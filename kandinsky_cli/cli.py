@@ -14,6 +14,8 @@ from rich.markup import escape
 
 from . import TOOL_NAME, interrupts, options
 from .errors import UserError
+from .flags import (BaseSeed, BatchOutDir, CheckOption, HostOption, ImagesDir, MasksDir, NoAuth, Overwrite,
+                    PortOption, QueueOption, ServeDir, ServerOption, ShardOption, TokenOption)
 from .output import CommandGroup, StepProgress, emit, print_json, stderr, stdout, wrote
 
 app = typer.Typer(
@@ -188,6 +190,7 @@ def prior_command(
 def inpaint_command(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", show_default=False, help="Input image (PNG/JPEG/WebP).")],
     json_out: JsonOption = False,
+    server: ServerOption = None,
     values: Optional[dict] = None,
 ) -> None:
     """Repaint the masked area of IMAGE from a prompt (runs the prior first unless embeddings are given).
@@ -205,41 +208,20 @@ def inpaint_command(
     request = InpaintRequest(job)
     options.check_mask_given(job)                # the rules first, then what the options leave without effect
     options.warn_ignored(request.values(), job)
-    engine = _engine(values)
-    prepared = engine.prepare(request)           # every input, output and model folder, before any model loads
     with StepProgress() as progress:
-        result = engine.run(prepared, progress)
+        if server:   # the job runs on a `kandinsky serve` (remote.py), with the server's models
+            from .remote import inpaint_on_server
+
+            result = inpaint_on_server(server, job, [options.flag_of(k) for k in options.ENGINE_KEYS
+                                                     if values.get(k) is not None], progress)
+        else:
+            engine = _engine(values)
+            result = engine.run(engine.prepare(request), progress)   # inputs and model folders checked first
     written = result.outputs + ([result.grid] if result.grid else [])
     interrupts.note_written(written)
     emit(json_out, {"outputs": [str(p) for p in result.outputs], "grid": str(result.grid) if result.grid else None,
                     "seed": result.seed, "timings": result.timings, "parameters": result.parameters},
          [f"seed {result.seed}", *wrote(written)])
-
-
-# batch's own options
-BatchOutDir = Annotated[Optional[Path], typer.Option(
-    "--out-dir", metavar="DIR", show_default=False,
-    help="Output folder (and manifest.jsonl). With a batch file: relative 'out' values and the default "
-         "<image stem>.png go into it; default: outputs/ next to the batch file. Required with --images.")]
-Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", help="Run every job again; by default a job whose outputs all exist is skipped.")]
-ShardOption = Annotated[Optional[str], typer.Option(
-    "--shard", metavar="K/N|auto", show_default=False,
-    help="Run only the jobs with index % N == K (0 <= K < N). 'auto': K and N from msrun's environment "
-         "(RANK_ID/RANK_SIZE, device DEVICE_ID).")]
-BaseSeed = Annotated[int, typer.Option(
-    "--base-seed", min=0, max=2**32 - 1, metavar="N",
-    help="Jobs without a seed get one derived from N and the job's index (reproducible).")]
-CheckOption = Annotated[bool, typer.Option("--check", help="Validate the jobs and their inputs and print the plan "
-                                                    "(with what would be skipped); loads no model.")]
-ImagesDir = Annotated[Optional[Path], typer.Option(
-    "--images", metavar="DIR", show_default=False, rich_help_panel="Folder mode",
-    help="Folder mode: one job per PNG/JPEG/WebP file of DIR (sorted by name), output "
-         "OUT-DIR/<stem>.png.")]
-MasksDir = Annotated[Optional[Path], typer.Option(
-    "--masks", metavar="DIR", show_default=False, rich_help_panel="Folder mode",
-    help="Folder mode: the mask of each image is the file of DIR with the image's stem (.png/.jpg/.jpeg/"
-         ".webp/.npy); an image without one fails, the others run.")]
 
 
 @app.command("batch")
@@ -291,6 +273,20 @@ def batch_command(
     code = batch_report(summary, json_out)
     if code:
         raise typer.Exit(code)
+
+
+@app.command("serve")
+@options.command(ENGINE_OPTIONS)
+def serve_command(host: HostOption = "127.0.0.1", port: PortOption = 7860, out_dir: ServeDir = None,
+                  token: TokenOption = None, no_auth: NoAuth = False, queue_size: QueueOption = 8,
+                  values: Optional[dict] = None) -> None:
+    """Keep the models loaded behind an HTTP API (/api/v1) and a web page to paint masks (/); Ctrl-C stops it.
+
+    Example: kandinsky serve --port 7860, then open http://127.0.0.1:7860/
+    """
+    from .server import serve
+
+    serve(_engine_values(values or {}), host, port, out_dir, token, no_auth, queue_size, stderr.print)
 
 
 @app.command("download")

@@ -387,6 +387,10 @@ def save_json(path: PathLike, obj: Any, into: Optional[FileSet] = None) -> Path:
 
 # --------------------------------------------------------------------------------------------- reading
 
+class ImageTooLarge(UserError):
+    """An image over the size policy (:func:`check_image_pixels`); the server answers it with HTTP 413."""
+
+
 def check_image_pixels(size_wh: Tuple[int, int], path: PathLike, what: str = "image") -> None:
     """UserError if an image of ``(width, height)`` has more than :data:`MAX_IMAGE_PIXELS` pixels."""
     check_pixels(size_wh, f"{what} {path}")
@@ -398,7 +402,7 @@ def check_pixels(size_wh: Tuple[int, int], what: str) -> None:
     numbers alone (call it before anything of that size is allocated)."""
     width, height = size_wh
     if width * height > MAX_IMAGE_PIXELS:
-        raise UserError(f"{what} is too large: {width}x{height} pixels ({width * height / 1e6:.1f} "
+        raise ImageTooLarge(f"{what} is too large: {width}x{height} pixels ({width * height / 1e6:.1f} "
                         f"megapixels); the limit is {MAX_IMAGE_PIXELS} pixels "
                         f"({MAX_IMAGE_PIXELS / 1e6:.1f} megapixels, e.g. 8192x8192)")
 

@@ -83,8 +83,8 @@ class CommandGroup(TyperGroup):
             try:
                 rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
-            except UserError as e:
-                fail(str(e))
+            except UserError as e:   # bad input: exit 2; a few failures that are not the input's carry their own
+                fail(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
             except UsageError as e:
                 if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help was printed
                     if e.format_message():

@@ -157,8 +157,9 @@ class EngineAdapter:
     def inpaint_request(self, values: Dict[str, Any], image: Path, mask: Optional[Path], out: Path):
         from .core import InpaintRequest
 
-        if "prompt" not in values:
-            raise UserError("missing option '--prompt' (what to paint)")   # as `kandinsky inpaint`
+        texts_only(values.get("mix", ()))
+        if "prompt" not in values and not values.get("mix"):
+            raise UserError("missing option '--prompt' (what to paint), or --mix")   # as `kandinsky inpaint`
         return InpaintRequest({**values, "image": image, "mask": mask, "out": out})
 
     def prepare(self, request):
@@ -189,9 +190,7 @@ class EngineAdapter:
         from .core import PriorRequest
         from .noise import random_seed
 
-        for what, _ in values.get("mix", ()):
-            if Path(what).suffix.lower() in options.IMAGE_SUFFIXES:
-                raise ApiError(400, f"--mix: {what!r} names an image file; the server takes only texts in --mix")
+        texts_only(values.get("mix", ()))
         return PriorRequest({**values, "seed": values.get("seed") if values.get("seed") is not None
                              else random_seed()})
 
@@ -209,6 +208,13 @@ class EngineAdapter:
         paths = write_prior_outputs(folder, "prior", emb, neg, parameters)
         return {"files": paths, "seed": request.seed, "shape": list(emb.shape), "parameters": parameters,
                 "timings": {"prior_s": time.perf_counter() - t0}}
+
+
+def texts_only(mix) -> None:
+    """The server reads no file a client names: a --mix of an inpaint or prior job holds texts only (400)."""
+    for what, _ in mix or ():
+        if Path(what).suffix.lower() in options.IMAGE_SUFFIXES:
+            raise ApiError(400, f"--mix: {what!r} names an image file; the server takes only texts in --mix")
 
 
 # ------------------------------------------------------------------------------------------ jobs

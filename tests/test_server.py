@@ -237,6 +237,17 @@ def test_bad_input_is_refused_with_the_cli_line(server, files, monkeypatch, job,
     assert server.job_folders() == before            # nothing queued, nothing kept
 
 
+def test_inpaint_mix_takes_texts_only(server, files):
+    """Issue 20's --mix in an inpaint job: texts (the prompt optional), never a file on the server."""
+    values = {"mask_rects": ["0:32,0:32"], **FAST}
+    bad = server.submit({**values, "prompt": "a hat", "mix": ["/etc/photo.png=0.5"]}, png_bytes(files / "cat.png"))
+    assert bad.status_code == 400 and "names an image file" in bad.json()["error"], bad.text
+    ok = server.submit({**values, "mix": ["a red hat=0.5", "a crown=0.5"], "strength": 0.5, "soft": True},
+                       png_bytes(files / "cat.png"))
+    assert ok.status_code == 202, ok.text
+    assert server.wait(ok.json()["id"])["status"] == "done"
+
+
 def test_malformed_requests(server, files, tmp_path):
     cat = png_bytes(files / "cat.png")
     r = server.submit({"prompt": "a hat", "stepz": 3}, cat)

@@ -414,12 +414,15 @@ class BatchRunner:
             return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), OUTPUTS_EXIST)
         lock = OutputLock(job.out)
         try:
-            holder = lock.acquire()
-        except OSError:   # no lock where nothing can be written: the job fails writing, with its own reason
-            holder = None
-        if holder is not None:
-            return JobOutcome(job, SKIPPED, seed, seed_source, [], f"{BUSY} ({holder})")
-        try:
+            self.interrupts.defer()   # a signal while the lock file is being made is raised once it is ours
+            try:
+                holder = lock.acquire()
+            except OSError:   # no lock where nothing can be written: the job fails writing, with its own reason
+                holder = None
+            finally:
+                self.interrupts.resume()
+            if holder is not None:
+                return JobOutcome(job, SKIPPED, seed, seed_source, [], f"{BUSY} ({holder})")
             if self.will_skip(job):   # finished by another process since the check above
                 return JobOutcome(job, SKIPPED, seed, seed_source, list(job.outputs), OUTPUTS_EXIST)
             return self._run_locked(job, seed, seed_source)

@@ -21,7 +21,7 @@ from .cache import compile_cache
 from .errors import UserError
 from .files import atomic_set, numbered_paths, save_json, save_npy, save_png
 from .masks import mask_to_image
-from .memory import check_decoder_fits
+from .memory import unet_call_rows
 from .precision import Precision
 from .region import Plan
 from .requests import Embeddings, InpaintRequest, InpaintResult, Prepared, PriorRequest, prepare as prepare_inputs
@@ -201,16 +201,17 @@ class Kandinsky:
         are downloaded), the sampler takes the steps, the run fits in memory."""
         if job.request.uses_prior:
             self.root("prior")
-        self.check_decoder_run(job.request, job.plan)
+        job.unet_rows = self.check_decoder_run(job.request, job.plan)
         return job
 
-    def check_decoder_run(self, req: InpaintRequest, plan: Plan, dtype: Optional[str] = None) -> None:
+    def check_decoder_run(self, req: InpaintRequest, plan: Plan, dtype: Optional[str] = None) -> int:
         """What the decoder folder says about a request before anything is computed: the sampler takes its steps, the
-        run fits in memory (at ``dtype``, default the engine's). ``batch --check`` makes the same checks."""
+        run fits in memory (at ``dtype``, default the engine's), with how many UNet rows per call (returned).
+        ``batch --check`` makes the same checks."""
         self.check_sampler(req)
         rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
         width, height = plan.working_size
-        check_decoder_fits(self.root("decoder"), height, width, rows, dtype or self.precision.name)
+        return unet_call_rows(self.root("decoder"), height, width, rows, dtype or self.precision.name)
 
     def check_sampler(self, req: InpaintRequest) -> None:
         """The sampler can take the request's steps with the decoder folder's scheduler config."""
@@ -275,7 +276,7 @@ class Kandinsky:
                          height=height, width=width, num_inference_steps=req.steps, scheduler=req.scheduler,
                          guidance_scale=req.guidance_scale, num_images_per_prompt=per_prompt,
                          noise=make_noise(job.seed, req.variation_seed, req.variation_strength), callback=step,
-                         timings=job.timings, strength=req.strength, change_map=change)
+                         timings=job.timings, strength=req.strength, change_map=change, unet_rows=job.unet_rows)
         job.timings["decoder_s"] = time.perf_counter() - t0
         self.counters["decoder_runs"] += 1
         return [to_uint8(im) for im in images]

@@ -128,6 +128,19 @@ def erode_keep_mask(mask: np.ndarray) -> np.ndarray:
 MOVQ_GRAPH_MAX_PIXELS = 768 * 768
 
 
+def _record_inputs(debug: dict, pixels, image_latents, conditioning, batch: int, timesteps, latents, reset,
+                   controls: bool) -> None:
+    """The pipeline's inputs to the step loop, for ``debug`` (the parity harness); with ``controls`` (strength or
+    soft inpainting) also the start latents and the soft keep masks."""
+    masked_in, mask_in, hidden, embeds, image_embeds = conditioning
+    debug.update(movq_in_image=pixels, movq_image_latents=image_latents, unet_mask=mask_in[:batch],
+                 unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
+                 unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
+                 noise_00=reset.initial_noise.copy(), step_eps_guided=[], step_latents_out=[])
+    if controls:
+        debug.update(start_latents=latents.copy(), soft_keep=reset.keep)
+
+
 class _Stopwatch:
     """Seconds since the previous lap into ``timings[name]`` (nothing when ``timings`` is None)."""
 
@@ -303,19 +316,33 @@ class InpaintPipeline:
         keep = None if change_map is None else soft_keep_masks(latent_change_map(change_map, h, w), len(timesteps))
         return timesteps, latents, SoftReset(sampler, original, initial_noise, start, keep)
 
+    def _unet(self, model_in: np.ndarray, t: int, conditioning: tuple, rows: Optional[int]) -> np.ndarray:
+        """One step's UNet output for the whole batch, in equal calls of at most ``rows`` rows (None: one call). A
+        compiled UNet's working memory grows with its batch; the engine chooses ``rows`` (:func:`memory.unet_call_rows`)."""
+        batch = model_in.shape[0]
+        rows = max(d for d in range(1, min(rows or batch, batch) + 1) if batch % d == 0)
+        outputs = []
+        for start in range(0, model_in.shape[0], rows):
+            part = slice(start, start + rows)
+            t_in = self.unet.time_proj(np.full(model_in[part].shape[0], t))
+            out = self._unet_fn(self._tensor(model_in[part]), t_in, *(self._tensor(c[part]) for c in conditioning))
+            outputs.append(out.asnumpy().astype(np.float32))
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
     def _denoise(self, sampler, timesteps, latents, conditioning, cfg: bool, guidance_scale: float, noise,
-                 callback: StepCallback, debug: Optional[dict], reset: Optional["SoftReset"] = None) -> np.ndarray:
+                 callback: StepCallback, debug: Optional[dict], reset: Optional["SoftReset"] = None,
+                 unet_rows: Optional[int] = None) -> np.ndarray:
         """The step loop: the 9-channel UNet (latents, masked image latents, mask) with guidance, then the
-        sampler's step; the final latents. ``reset`` (soft inpainting) may replace latents before each step."""
-        masked_in, mask_in, t_hidden, t_embeds, t_image = conditioning
+        sampler's step; the final latents. ``reset`` (soft inpainting) may replace latents before each step.
+        ``conditioning``: (masked image latents, mask, text hidden states, text embeddings, image embeddings), arrays
+        of one row per UNet row."""
+        masked_in, mask_in, *encodings = conditioning
         for i, t in enumerate(timesteps):
             if reset is not None:
                 latents = reset(i, latents)
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
-            t_in = self.unet.time_proj(np.full(model_in.shape[0], int(t)))
-            out = self._unet_fn(self._tensor(model_in), t_in, t_hidden, t_embeds, t_image)
-            eps, variance = self._guide(out.asnumpy().astype(np.float32), cfg, guidance_scale)
+            eps, variance = self._guide(self._unet(model_in, int(t), encodings, unet_rows), cfg, guidance_scale)
             model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
             step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
             latents = sampler.step(model_out, int(t), latents, step_noise)
@@ -332,7 +359,7 @@ class InpaintPipeline:
                  num_images_per_prompt: int = 1, noise=None, callback: StepCallback = None,
                  debug: Optional[dict] = None, scheduler: str = "ddim",
                  timings: Optional[dict] = None, strength: float = 1.0,
-                 change_map: Optional[np.ndarray] = None) -> np.ndarray:
+                 change_map: Optional[np.ndarray] = None, unet_rows: Optional[int] = None) -> np.ndarray:
         """Returns images (num_images, height, width, 3) float32 in [0, 1].
 
         ``image``: PIL image (resized to the working size) or uint8 (H, W, 3) array; ``mask_image``: PIL or float
@@ -346,6 +373,9 @@ class InpaintPipeline:
         (:func:`schedulers.strength_timesteps`). ``change_map`` (float (H, W) at the working size, 1 = repaint from
         the first step) turns on soft inpainting: before step i the latents where the map (at latent size,
         :func:`latent_change_map`) is below 1 - i / n are replaced by the original latents noised to step i.
+
+        ``unet_rows``: each step's UNet batch (x2 with guidance) runs in equal calls of at most this many rows (None:
+        one call): less memory, a little more time; the images agree to float rounding.
         """
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -367,16 +397,12 @@ class InpaintPipeline:
                                                  cfg)
         timesteps, latents, reset = self._start(sampler, noise, image_latents, batch, num_inference_steps, strength,
                                                 change_map, (height, width))
+        conditioning = (masked_in, mask_in, hidden, embeds, image_embeds)
         if debug is not None:
-            debug.update(movq_in_image=pixels, movq_image_latents=image_latents, unet_mask=mask_in[:batch],
-                         unet_masked_image_latents=masked_in[:batch], unet_encoder_hidden_states=hidden,
-                         unet_text_embeds=embeds, unet_image_embeds=image_embeds, timesteps=timesteps,
-                         noise_00=reset.initial_noise.copy(), step_eps_guided=[], step_latents_out=[])
-            if strength < 1.0 or change_map is not None:   # the controls' own intermediates
-                debug.update(start_latents=latents.copy(), soft_keep=reset.keep)
-        conditioning = (masked_in, mask_in, self._tensor(hidden), self._tensor(embeds), self._tensor(image_embeds))
+            _record_inputs(debug, pixels, image_latents, conditioning, batch, timesteps, latents, reset,
+                           strength < 1.0 or change_map is not None)
         latents = self._denoise(sampler, timesteps, latents, conditioning, cfg, guidance_scale, noise, callback, debug,
-                                reset)
+                                reset, unet_rows)
         clock.lap("unet_s")
         decoded = self._movq(self._decode_graph, self.movq.decode_latents, latents, height, width)
         clock.lap("movq_decode_s")

@@ -126,6 +126,7 @@ class Prepared:
     blend: np.ndarray              # float (H, W) paste-back weights: the user's feathered mask, margins 1
     input_size: Tuple[int, int]    # (H, W) of the input image (the canvas without --extend's margins)
     embeddings: Optional[Embeddings] = None   # from --image-embeds files; None: the prior makes them
+    unet_rows: Optional[int] = None           # UNet rows per call (the engine's pre-flight); None: the whole batch
     timings: Dict[str, float] = field(default_factory=dict)
 
 

@@ -153,14 +153,29 @@ def test_memory_estimate_refuses_a_size_that_does_not_fit(tmp_path, monkeypatch)
 
     decoder = REPO / "tests" / "fixtures" / "kandinsky21-tiny" / "inpaint"
     small = memory.decoder_peak_bytes(decoder, 64, 64, 2)
-    big = memory.decoder_peak_bytes(decoder, 4096, 4096, 128)
+    big = memory.decoder_peak_bytes(decoder, 4096, 4096, 1)
     assert 0 < small < big
     monkeypatch.setattr(memory, "available_bytes", lambda: small * 2)
-    memory.check_decoder_fits(decoder, 64, 64, 2)
+    assert memory.unet_call_rows(decoder, 64, 64, 2) == 2
     with pytest.raises(UserError, match=r"needs about .* GB but .* GB are available"):
-        memory.check_decoder_fits(decoder, 4096, 4096, 128)
+        memory.unet_call_rows(decoder, 4096, 4096, 128)
     monkeypatch.setenv("KANDINSKY_MEMORY_CHECK", "0")
-    memory.check_decoder_fits(decoder, 4096, 4096, 128)
+    assert memory.unet_call_rows(decoder, 4096, 4096, 128) == 128
+
+
+def test_a_batch_that_does_not_fit_in_one_unet_call_is_split_into_equal_calls(monkeypatch):
+    """The whole step batch per UNet call when it fits, else the largest divisor of the batch that fits."""
+    from kandinsky_cli import memory
+
+    decoder = REPO / "tests" / "fixtures" / "kandinsky21-tiny" / "inpaint"
+    need = {rows: memory.decoder_peak_bytes(decoder, 512, 512, rows) for rows in (1, 2, 3, 6)}
+    assert need[1] < need[2] < need[3] < need[6]
+    for available, rows in ((need[6], 6), (need[6] - 1, 3), (need[3] - 1, 2), (need[2] - 1, 1)):
+        monkeypatch.setattr(memory, "available_bytes", lambda: available)
+        assert memory.unet_call_rows(decoder, 512, 512, 6) == rows, available
+    monkeypatch.setattr(memory, "available_bytes", lambda: need[1] - 1)
+    with pytest.raises(UserError, match="512x512 run needs about"):
+        memory.unet_call_rows(decoder, 512, 512, 6)
 
 
 def test_alias_and_flag_together_is_one_error(tmp_path):

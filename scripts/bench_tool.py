@@ -115,6 +115,16 @@ def diffusers_command(ctx: Ctx, models: dict, dtype: str, p) -> List[str]:
     return argv
 
 
+NO_BF16_CPU = "this CPU has no bf16 instructions: torch would emulate bfloat16 (hours at 768x768)"
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU has bf16 instructions (the tool's own test, kandinsky_cli.bf16.CPU_FLAG)."""
+    from kandinsky_cli import bf16
+
+    return bf16.CPU_FLAG in bf16.cpu_flags()
+
+
 def drop_page_cache() -> bool:
     """``sync; echo 3 > /proc/sys/vm/drop_caches``: True where it worked (root on Linux)."""
     import os
@@ -160,7 +170,9 @@ class ToolGroup(Group):
                 if "torch" in impls:
                     # diffusers in the requested dtype and in float32 (the CPU user's two choices), same job
                     for torch_dtype in ("bfloat16", "float32"):
-                        torch_row = self._torch_row(wl, torch_dtype, ctx, models, output, args.repeats)
+                        torch_row = self._torch_row(wl, torch_dtype, ctx, models, output, args.repeats) \
+                            if torch_dtype == "float32" or cpu_has_bf16() else \
+                            Row(wl.name, "torch", torch_dtype, skipped=NO_BF16_CPU)
                         if torch_row.median:     # the ratio is against diffusers in bf16 where it ran
                             for row in (first, second):
                                 if row.median is not None and (row.ratio is None or torch_dtype != "float32"):

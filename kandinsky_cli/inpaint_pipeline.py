@@ -128,6 +128,18 @@ def erode_keep_mask(mask: np.ndarray) -> np.ndarray:
 MOVQ_GRAPH_MAX_PIXELS = 768 * 768
 
 
+def _decoder_networks(root: Path, dtype, mode: str, bf16: bool) -> tuple:
+    """(UNet, MoVQ, the UNet's, the MoVQ encoder's and decoder's compiled functions) of a decoder folder."""
+    from .layers import compiled, with_precision
+    from .movq import VQModel
+    from .unet import UNet2DConditionModel
+
+    unet = with_precision(UNet2DConditionModel.from_pretrained(root / "unet", dtype), bf16)
+    movq = with_precision(VQModel.from_pretrained(root / "movq", dtype), bf16)
+    return (unet, movq, compiled(unet, mode), compiled(movq.encode_latents, mode),
+            compiled(movq.decode_latents, mode))
+
+
 def _record_inputs(debug: dict, pixels, image_latents, conditioning, batch: int, timesteps, latents, reset,
                    controls: bool) -> None:
     """The pipeline's inputs to the step loop, for ``debug`` (the parity harness); with ``controls`` (strength or
@@ -169,10 +181,7 @@ class InpaintPipeline:
     def __init__(self, root: Path, dtype=None, mode: str = "graph", bf16: bool = False):
         import mindspore as ms
 
-        from .layers import compiled, with_precision
-        from .movq import VQModel
         from .tokenizer import load_xlmr_tokenizer
-        from .unet import UNet2DConditionModel
 
         self.root = Path(root)
         self.dtype = dtype or ms.float32
@@ -186,17 +195,15 @@ class InpaintPipeline:
         self._holding = False
         self.text_encoder_loads = 0
         self._text_cache: Dict[str, tuple] = {}
-        self.unet = with_precision(UNet2DConditionModel.from_pretrained(self.root / "unet", dtype), bf16)
-        self.movq = with_precision(VQModel.from_pretrained(self.root / "movq", dtype), bf16)
+        self.unet, self.movq, self._unet_fn, self._encode_graph, self._decode_graph = model_io.compiled_once(
+            "decoder", [self.root / "unet", self.root / "movq"], mode, (str(self.dtype), bf16),
+            lambda: _decoder_networks(self.root, dtype, mode, bf16))
         # the folder's (DDIM) config: every call builds its sampler from it (see schedulers.make_decoder_scheduler)
         self.scheduler_config = model_io.read_scheduler_config(self.root / "scheduler")
         self.latent_channels = self.movq.config["latent_channels"]
         self.scale_factor = self.movq.scale_factor
         self.image_embed_dim = self.unet.image_embed_dim
         self.mode = mode
-        self._unet_fn = compiled(self.unet, mode)
-        self._encode_graph = compiled(self.movq.encode_latents, mode)
-        self._decode_graph = compiled(self.movq.decode_latents, mode)
 
     def _tensor(self, arr):
         import mindspore as ms

@@ -423,6 +423,31 @@ def _rename_legacy(key: str) -> str:
     return key
 
 
+# Compiled networks of this process, one entry per kind: (key, networks). See :func:`compiled_once`.
+_COMPILED: Dict[str, tuple] = {}
+
+
+def compiled_once(kind: str, folders: Sequence[Path], mode: str, variant: tuple, build: Callable[[], "object"]):
+    """``build()`` (networks and their compiled functions), or in graph mode what it returned earlier in this
+    process for the same component ``folders`` (the same weights: :func:`cache.weights_identity`) and ``variant``
+    (dtype, bf16): a second engine on the same model (a test's, a server's) reuses the networks and their compiled
+    graphs instead of loading and compiling them again. MindSpore never frees a compiled network's parameters, so
+    holding them costs nothing; eager networks (``mode`` pynative) are built afresh and freed with their owner. One
+    entry per ``kind``: building other weights drops the previous entry first."""
+    if mode != "graph":
+        return build()
+    from .cache import weights_identity
+
+    key = (tuple(weights_identity(Path(f)) for f in folders), variant)
+    held = _COMPILED.get(kind)
+    if held is not None and held[0] == key:
+        return held[1]
+    _COMPILED.pop(kind, None)
+    networks = build()
+    _COMPILED[kind] = (key, networks)
+    return networks
+
+
 def build_and_load(build: Callable[[Config], "object"], component_dir: Path, base: str, dtype=None,
                    variant: Optional[str] = None):
     """``build(config.json)``, strictly load its weights, switch it to inference mode: every network's

@@ -64,9 +64,15 @@ class PriorPipeline:
         self.np_dtype = np.float16 if self.dtype == ms.float16 else np.float32
         model_io.read_model_index(self.root, PRIOR_COMPONENTS)
         self.tokenizer = load_clip_tokenizer(self.root / "tokenizer")
-        self.text_encoder = with_precision(
-            CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype), bf16)
-        self.prior = with_precision(PriorTransformer.from_pretrained(self.root / "prior", dtype), bf16)
+
+        def networks():
+            text_encoder = with_precision(
+                CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype), bf16)
+            prior = with_precision(PriorTransformer.from_pretrained(self.root / "prior", dtype), bf16)
+            return text_encoder, prior, compiled(text_encoder, mode), compiled(prior, mode)
+
+        self.text_encoder, self.prior, self._text_fn, self._prior_fn = model_io.compiled_once(
+            "prior", [self.root / "text_encoder", self.root / "prior"], mode, (str(self.dtype), bf16), networks)
         self.scheduler = model_io.build_scheduler(UnCLIPScheduler, self.root / "scheduler")
         processor = self.root / "image_processor"
         self.image_processor_config = (model_io.read_config(processor, "preprocessor_config.json")
@@ -81,8 +87,6 @@ class PriorPipeline:
         self.constants = constants
         self.dtype_name = dtype_name or ("float16" if self.dtype == ms.float16 else
                                          "bfloat16" if bf16 else "float32")
-        self._text_fn = compiled(self.text_encoder, mode)
-        self._prior_fn = compiled(self.prior, mode)
 
     # -- pieces -------------------------------------------------------------------------------------------
     def _tensor(self, arr):

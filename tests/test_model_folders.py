@@ -428,3 +428,26 @@ def test_engine_checks_before_loading_name_the_file(tmp_path, part, file, change
     with pytest.raises(UserError, match=re.escape(fragment)):
         engine.check_embedding_widths()
         engine.prepare(request)
+
+
+def test_compiled_networks_are_loaded_once_per_process_and_weights(tmp_path):
+    """Graph-mode pipelines on the same weights share their networks and compiled functions (a second engine in one
+    process loads and compiles nothing again); other weights (a copy whose file changed), another dtype or eager
+    networks are built afresh, and the process holds one decoder entry: the last one built."""
+    import os
+
+    first, second = InpaintPipeline(FIXTURE / "inpaint"), InpaintPipeline(FIXTURE / "inpaint")
+    assert second.unet is first.unet and second._unet_fn is first._unet_fn and second.movq is first.movq
+    assert InpaintPipeline(FIXTURE / "inpaint", mode="pynative").unet is not first.unet
+    assert InpaintPipeline(FIXTURE / "inpaint", ms.float16).unet is not first.unet
+    copy = tmp_path / "inpaint"
+    shutil.copytree(FIXTURE / "inpaint", copy)
+    assert InpaintPipeline(copy).unet is not InpaintPipeline(FIXTURE / "inpaint").unet
+    same = InpaintPipeline(copy)
+    weights = next((copy / "unet").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10 ** 9))
+    assert InpaintPipeline(copy).unet is not same.unet          # the file changed: loaded again
+    prior = PriorPipeline(FIXTURE / "prior")
+    assert PriorPipeline(FIXTURE / "prior").prior is prior.prior and PriorPipeline(FIXTURE / "prior")._prior_fn \
+        is prior._prior_fn
+    assert PriorPipeline(FIXTURE / "prior", mode="pynative").prior is not prior.prior

@@ -395,7 +395,7 @@ class BatchRunner:
         if not pending:
             return
         self.engine.select_device()
-        prior_requests = [p.request.prior_request(p.seed) for p in pending if p.request.uses_prior]
+        prior_requests = [p.request.prior_request(p.seed, p.mix_images) for p in pending if p.request.uses_prior]
         try:
             self.engine.make_embeddings(prior_requests)
         except UserError:

@@ -222,7 +222,7 @@ class Kandinsky:
         if job.embeddings is not None:
             return job.embeddings
         t0 = time.perf_counter()
-        prior_req = job.request.prior_request(job.seed)
+        prior_req = job.request.prior_request(job.seed, job.mix_images)
         self.make_embeddings([prior_req], progress)
         if job.request.uses_prior and "prior_s" not in job.timings:
             job.timings["prior_s"] = time.perf_counter() - t0

@@ -36,13 +36,17 @@ def load_prior(root: Path, precision: Precision, mode: str):
 
 
 def mix_items(req: PriorRequest) -> Tuple[list, List[float]]:
-    """The texts and images of ``--mix`` (with the prompt at weight 1), images decoded."""
+    """The texts and images of ``--mix`` (with the prompt at weight 1), images decoded (once: those the request
+    holds are used as they are)."""
     items, weights = [], []
     if req.prompt:
         items.append(req.prompt)
         weights.append(1.0)
-    for what, weight in req.mix:
-        items.append(load_image(what) if Path(what).suffix.lower() in IMAGE_SUFFIXES else what)
+    for i, (what, weight) in enumerate(req.mix):
+        if i in req.mix_images:
+            items.append(req.mix_images[i])      # decoded when the request was checked
+        else:
+            items.append(load_image(what) if Path(what).suffix.lower() in IMAGE_SUFFIXES else what)
         weights.append(weight)
     return items, weights
 

@@ -55,11 +55,14 @@ class PriorRequest(Settings):
 
     KEYS = options.PRIOR_KEYS
 
-    def __init__(self, values):
+    def __init__(self, values, mix_images: Optional[Dict[int, Image.Image]] = None):
         super().__init__({"prompt": None, **values})
         if not self.mix and self.prompt is None:
             raise UserError("no prompt given: give PROMPT (or --prompt), or --mix")
         options.check_mix(self.prompt, self.mix)
+        # the images of --mix by position, as :func:`check_mix_images` decoded them (not a setting: the prior
+        # decodes any that are missing)
+        object.__setattr__(self, "mix_images", dict(mix_images or {}))
 
     def cache_key(self) -> tuple:
         return tuple(sorted(self.values().items()))
@@ -108,10 +111,10 @@ class InpaintRequest(Settings):
         return MaskSpec(path=self.mask, rects=self.mask_rects, invert=self.invert_mask, grow=self.grow,
                         feather=self.feather)
 
-    def prior_request(self, seed: int) -> PriorRequest:
+    def prior_request(self, seed: int, mix_images: Optional[Dict[int, Image.Image]] = None) -> PriorRequest:
         return PriorRequest({"prompt": self.prompt, "negative_prompt": self.negative_prompt, "mix": self.mix,
                              "prior_steps": self.prior_steps, "prior_guidance_scale": self.prior_guidance_scale,
-                             "num_images": self.num_images, "seed": seed})
+                             "num_images": self.num_images, "seed": seed}, mix_images)
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Prepared:
     blend: np.ndarray              # float (H, W) paste-back weights: the user's feathered mask, margins 1
     input_size: Tuple[int, int]    # (H, W) of the input image (the canvas without --extend's margins)
     embeddings: Optional[Embeddings] = None   # from --image-embeds files; None: the prior makes them
+    mix_images: Dict[int, Image.Image] = field(default_factory=dict)   # the --mix images, by position
     unet_rows: Optional[int] = None           # UNet rows per call (the engine's pre-flight); None: the whole batch
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -175,7 +179,7 @@ def prepare(req: InpaintRequest) -> Prepared:
             check_writable_output(path)
     with about("image"):
         image = load_image(req.image)
-    check_mix_images(req.mix)
+    mix_images = check_mix_images(req.mix)
     input_size = (image.height, image.width)
     image, mask, blend = canvas_and_mask(req, image)
     where = "region" if req.region == "mask" else "extend" if req.extend is not None else "mask"
@@ -186,7 +190,7 @@ def prepare(req: InpaintRequest) -> Prepared:
         embeddings = tuple(load_embeddings(getattr(req, key), what, key) for key, what in
                            (("image_embeds", "image embeddings"), ("negative_image_embeds", "negative image embeddings")))
     seed = req.seed if req.seed is not None else random_seed()
-    return Prepared(req, image, mask, seed, plan, blend, input_size, embeddings)
+    return Prepared(req, image, mask, seed, plan, blend, input_size, embeddings, mix_images=mix_images)
 
 
 def prepare_mask(values: dict, size_hw: Tuple[int, int]) -> Tuple[np.ndarray, Plan, Optional[MaskSpec],
@@ -216,13 +220,14 @@ def prior_request(values: dict) -> PriorRequest:
     images of ``--mix`` are opened here, before any model loads."""
     job = {k: v for k, v in values.items() if k in options.PRIOR_KEYS and v is not None}
     request = PriorRequest({**job, "seed": job.get("seed", random_seed())})
-    check_mix_images(request.mix)
-    return request
+    return PriorRequest(request.values(), check_mix_images(request.mix))
 
 
-def check_mix_images(mix) -> None:
-    """Every image of a --mix opens (before any model loads); errors name ``mix[i]``."""
+def check_mix_images(mix) -> Dict[int, Image.Image]:
+    """Every image of a --mix, decoded by position (before any model loads); errors name ``mix[i]``."""
+    images = {}
     for i, (what, _) in enumerate(mix or ()):
         if Path(what).suffix.lower() in IMAGE_SUFFIXES:
             with about(f"mix[{i}]"):
-                load_image(what)
+                images[i] = load_image(what)
+    return images

@@ -176,7 +176,7 @@ class EngineAdapter:
         try:
             if request.uses_prior:   # the prior kept loaded (engine.run alone would free it after each job)
                 t0 = time.perf_counter()
-                engine.run_prior(request.prior_request(prepared.seed), progress, keep=True)
+                engine.run_prior(request.prior_request(prepared.seed, prepared.mix_images), progress, keep=True)
                 prepared.timings["prior_s"] = time.perf_counter() - t0
             result = engine.run(prepared, progress)
         finally:

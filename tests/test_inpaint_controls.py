@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import FIXTURE
+from kandinsky_cli import files as kandinsky_files
 from kandinsky_cli.batchfile import folder_jobs, load_batch
 from kandinsky_cli.cli import app
 from kandinsky_cli.files import read_png_metadata
@@ -170,15 +171,20 @@ def test_mix_in_inpaint_equals_prior_mix_then_inpaint(files):
     d = files
     common = ["--prompt", "a red hat", "--mix", f"{d / 'in.png'}=0.6", "--mix", "a crown=0.4", "--prior-steps", "2",
               "--seed", "8"]
+    decoded = kandinsky_files.DECODED
+    decoded.clear()
     prior = runner.invoke(app, ["prior", *common, "--out-dir", str(d / "e"), "--prior-model", PRIOR,
                                 "--mode", "pynative", "--dtype", "float32"])
     assert prior.exit_code == 0, prior.output
+    assert decoded[str((d / "in.png").resolve())] == 1      # the mix image: checked and used from one decode
     decode = ["--mask-rect", "10:40,12:50", "--height", "64", "--width", "64", "--steps", "2", *ENGINE]
     two = runner.invoke(app, ["inpaint", str(d / "in.png"), "--prompt", "a red hat", "--seed", "8",
                               "--image-embeds", str(d / "e" / "prior.image_embeds.npy"), "--negative-image-embeds",
                               str(d / "e" / "prior.negative_image_embeds.npy"), *decode, "--out", str(d / "two.png")])
+    decoded.clear()
     one = runner.invoke(app, ["inpaint", str(d / "in.png"), *common, *decode, "--out", str(d / "mixed.png")])
     assert two.exit_code == 0 and one.exit_code == 0, (two.output, one.output)
+    assert decoded[str((d / "in.png").resolve())] == 2      # once as the input image, once as the mix image
     np.testing.assert_array_equal(np.asarray(Image.open(d / "mixed.png")), np.asarray(Image.open(d / "two.png")))
     params = read_png_metadata(d / "mixed.png")["parameters"]
     assert params["mix"] == [[str(d / "in.png"), 0.6], ["a crown", 0.4]]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def invoke_cli(*args, code=0):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     return result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tool_cache(tmp_path_factory):
+    """The tool's cache folder for this test session, never the user's: the session's command-line runs (child
+    processes inherit it) share its compiled graphs and per-model constants, as one user's runs do."""
+    from kandinsky_cli.cache import CACHE_VARIABLE
+
+    before = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("tool-cache"))
+    yield Path(os.environ[CACHE_VARIABLE])
+    if before is None:
+        os.environ.pop(CACHE_VARIABLE, None)
+    else:
+        os.environ[CACHE_VARIABLE] = before
 
 
 @pytest.fixture(scope="session")

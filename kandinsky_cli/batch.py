@@ -603,7 +603,7 @@ def decoder_checks(jobs: List[Job], prepared: List[Prepared], engine_values: dic
             return f"the decoder {model} is not in the Hugging Face cache yet"
         raise   # a run would stop here too
     # float32/float16 need no device to be known (auto and bfloat16 ask the device, as a run does)
-    dtype = engine.dtype_requested if engine.dtype_requested in ("float32", "float16") else engine.dtype_name
+    dtype = engine.dtype_requested if engine.dtype_requested in ("float32", "float16") else engine.precision.name
     for job, p in zip(jobs, prepared):
         try:
             engine.check_decoder_run(job.request, p.plan, dtype)

@@ -75,10 +75,6 @@ class Kandinsky:
             self._precision = Precision.resolve(self.dtype_requested, self.select_device())
         return self._precision
 
-    @property
-    def dtype_name(self) -> str:
-        return self.precision.name
-
     def root(self, stage: str) -> Path:
         """The local folder of a stage ("prior" or "decoder"), downloading it once if it is a hub id."""
         if stage not in self._roots:

@@ -148,7 +148,7 @@ class EngineAdapter:
 
     def describe(self) -> Dict[str, Any]:
         e = self.engine
-        return {"prior_model": e.prior_model, "decoder_model": e.decoder_model, "dtype": e.dtype_name,
+        return {"prior_model": e.prior_model, "decoder_model": e.decoder_model, "dtype": e.precision.name,
                 "dtype_requested": e.dtype_requested, "mode": e.mode, "device": e.device_target}
 
     def counters(self) -> Dict[str, int]:
@@ -203,7 +203,7 @@ class EngineAdapter:
         emb, neg = engine.run_prior(request, progress, keep=True)
         engine._embedding_cache.clear()
         parameters = {"tool": TOOL_NAME, "version": __version__, "command": "prior", **request.parameters(),
-                      "noise": "numpy.default_rng", "prior_model": engine.prior_model, "dtype": engine.dtype_name,
+                      "noise": "numpy.default_rng", "prior_model": engine.prior_model, "dtype": engine.precision.name,
                       "dtype_requested": engine.dtype_requested, "mode": engine.mode}
         paths = write_prior_outputs(folder, "prior", emb, neg, parameters)
         return {"files": paths, "seed": request.seed, "shape": list(emb.shape), "parameters": parameters,

@@ -3,15 +3,12 @@ matching, and their options' checks."""
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from kandinsky_cli.cli import app
+from conftest import invoke_cli
 from kandinsky_cli.colour import match_colours, match_to_original
 from kandinsky_cli.inpaint_pipeline import latent_change_map, soft_keep_masks
 from kandinsky_cli.masks import dilate, feather_weights, read_mask_file, soft_change_map
 from kandinsky_cli.noise import Noise, VariationNoise, make_noise, slerp
-
-runner = CliRunner()
 
 
 # ------------------------------------------------------------------------------------------ slerp, variations
@@ -162,10 +159,9 @@ def test_colour_match_leaves_extended_margins_out_of_the_reference():
 ])
 def test_bad_values_are_one_error_line_before_any_model_loads(tmp_path, args, message):
     Image.fromarray(_texture()).save(tmp_path / "in.png")
-    result = runner.invoke(app, ["inpaint", str(tmp_path / "in.png"), "--mask-rect", "0:10,0:10", "--prompt", "x",
-                                 "--decoder-model", str(tmp_path / "no-model"), "--prior-model",
-                                 str(tmp_path / "no-model"), "--out", str(tmp_path / "o.png"), *args])
-    assert result.exit_code == 2, result.output
+    result = invoke_cli("inpaint", tmp_path / "in.png", "--mask-rect", "0:10,0:10", "--prompt", "x",
+                        "--decoder-model", tmp_path / "no-model", "--prior-model", tmp_path / "no-model",
+                        "--out", tmp_path / "o.png", *args, code=2)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
 
@@ -174,13 +170,12 @@ def test_mask_command_writes_the_soft_map(tmp_path):
     grey = np.zeros((32, 32), np.float32)
     grey[8:24, 8:24] = 0.25
     np.save(tmp_path / "g.npy", grey)
-    result = runner.invoke(app, ["mask", "--size", "32x32", "--mask", str(tmp_path / "g.npy"), "--mask-rect",
-                                 "0:4,0:4", "--soft", "--out", str(tmp_path / "soft.png")])
-    assert result.exit_code == 0, result.output
+    invoke_cli("mask", "--size", "32x32", "--mask", tmp_path / "g.npy", "--mask-rect", "0:4,0:4", "--soft",
+               "--out", tmp_path / "soft.png")
     written = read_mask_file(tmp_path / "soft.png")
     expected = grey.copy()
     expected[0:4, 0:4] = 1.0
     np.testing.assert_allclose(written, np.rint(expected * 255) / 255, atol=1e-6)
-    hard = runner.invoke(app, ["mask", "--size", "32x32", "--mask", str(tmp_path / "g.npy"), "--mask-rect",
-                               "0:4,0:4", "--out", str(tmp_path / "hard.png")])
-    assert hard.exit_code == 0 and read_mask_file(tmp_path / "hard.png").sum() == 16   # without --soft: >= 0.5
+    invoke_cli("mask", "--size", "32x32", "--mask", tmp_path / "g.npy", "--mask-rect", "0:4,0:4",
+               "--out", tmp_path / "hard.png")
+    assert read_mask_file(tmp_path / "hard.png").sum() == 16   # without --soft: >= 0.5

@@ -207,7 +207,8 @@ class Kandinsky:
         self.check_sampler(req)
         rows = req.num_images * (2 if req.guidance_scale > 1.0 else 1)
         width, height = plan.working_size
-        return unet_call_rows(self.root("decoder"), height, width, rows, dtype or self.precision.name)
+        return unet_call_rows(self.root("decoder"), height, width, rows, dtype or self.precision.name,
+                              loaded=self._decoder is not None)
 
     def check_sampler(self, req: InpaintRequest) -> None:
         """The sampler can take the request's steps with the decoder folder's scheduler config."""

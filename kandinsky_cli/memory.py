@@ -68,13 +68,15 @@ def weight_bytes(component_dir: Path, bytes_per_value: int = 4) -> int:
     return weight_count(component_dir) * bytes_per_value
 
 
-def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: str = "float32") -> int:
-    """Estimated peak memory of a decoder run at ``height`` x ``width`` with UNet calls of ``rows`` rows."""
+def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: str = "float32",
+                       loaded: bool = False) -> int:
+    """Estimated peak memory of a decoder run at ``height`` x ``width`` with UNet calls of ``rows`` rows; with
+    ``loaded`` the weights are in the process already (not counted again)."""
     from . import model_io
 
     root = Path(root)
     value_bytes = 2 if dtype == "float16" else 4
-    weights = sum(weight_bytes(root / part, value_bytes) for part in ("unet", "movq"))
+    weights = 0 if loaded else sum(weight_bytes(root / part, value_bytes) for part in ("unet", "movq"))
     from .unet import resolve_config
 
     channels = resolve_config(model_io.read_config(root / "unet"))["block_out_channels"]
@@ -84,18 +86,20 @@ def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: st
     return int(weights + working + _RUNTIME_GB * GB)
 
 
-def unet_call_rows(root: Path, height: int, width: int, batch: int, dtype: str = "float32") -> int:
+def unet_call_rows(root: Path, height: int, width: int, batch: int, dtype: str = "float32",
+                   loaded: bool = False) -> int:
     """How many of a step's ``batch`` UNet rows (x2 with guidance) one UNet call takes: all of them when the run fits
     in the available memory, else the largest divisor of ``batch`` that fits (equal calls: one compiled shape). A
-    UserError with the estimate and the limit when not even one row per call fits."""
+    UserError with the estimate and the limit when not even one row per call fits. ``loaded``: the decoder's
+    weights are in the process already (a warm server)."""
     if os.environ.get("KANDINSKY_MEMORY_CHECK", "1").strip().lower() in ("0", "false", "no", "off"):
         return batch
     available = available_bytes()
     if available is None:
         return batch
     for rows in (d for d in range(batch, 0, -1) if batch % d == 0):
-        if decoder_peak_bytes(root, height, width, rows, dtype) <= available:
+        if decoder_peak_bytes(root, height, width, rows, dtype, loaded) <= available:
             return rows
-    need = decoder_peak_bytes(root, height, width, 1, dtype)
+    need = decoder_peak_bytes(root, height, width, 1, dtype, loaded)
     raise UserError(f"a {width}x{height} run needs about {need / GB:.1f} GB but {available / GB:.1f} GB are "
                     f"available: use a smaller size (--height/--width), or set KANDINSKY_MEMORY_CHECK=0 to try anyway")

@@ -176,6 +176,12 @@ def test_a_batch_that_does_not_fit_in_one_unet_call_is_split_into_equal_calls(mo
     monkeypatch.setattr(memory, "available_bytes", lambda: need[1] - 1)
     with pytest.raises(UserError, match="512x512 run needs about"):
         memory.unet_call_rows(decoder, 512, 512, 6)
+    # a warm process (a server) holds the weights already: they are not counted again
+    weights = sum(memory.weight_bytes(decoder / part) for part in ("unet", "movq"))
+    assert memory.decoder_peak_bytes(decoder, 512, 512, 6, loaded=True) == need[6] - weights
+    monkeypatch.setattr(memory, "available_bytes", lambda: need[6] - weights)
+    assert memory.unet_call_rows(decoder, 512, 512, 6, loaded=True) == 6
+    assert memory.unet_call_rows(decoder, 512, 512, 6) == 3
 
 
 def test_alias_and_flag_together_is_one_error(tmp_path):

@@ -202,7 +202,7 @@ class ToolGroup(Group):
         for i in range(repeats):
             log(f"{wl.name} {impl} {dtype}: run {i + 1}/{repeats}: {shlex.join(argv)}")
             if first:
-                extra["page_cache_dropped"] = drop_page_cache()
+                row.extra["page_cache_dropped"] = drop_page_cache()
             done = run_command(argv, models["workdir"] / f"{impl}-stderr.txt", env)
             if done.error:
                 log(f"  failed after {done.seconds:.1f} s: {done.error}")

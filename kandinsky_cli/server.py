@@ -187,12 +187,10 @@ class EngineAdapter:
                 "timings": dict(result.timings)}
 
     def prior_request(self, values: Dict[str, Any]):
-        from .core import PriorRequest
-        from .noise import random_seed
+        from .requests import prior_request
 
         texts_only(values.get("mix", ()))
-        return PriorRequest({**values, "seed": values.get("seed") if values.get("seed") is not None
-                             else random_seed()})
+        return prior_request(values)     # as `kandinsky prior`: a random seed where the job gives none
 
     def run_prior(self, request, progress, folder: Path) -> Dict[str, Any]:
         from . import TOOL_NAME, __version__

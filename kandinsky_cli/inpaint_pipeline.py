@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional, Union
 import numpy as np
 
 from . import model_io
+from .memory import equal_call_sizes
 from .noise import as_noise
 from .schedulers import make_decoder_scheduler, strength_timesteps
 
@@ -323,17 +324,22 @@ class InpaintPipeline:
         keep = None if change_map is None else soft_keep_masks(latent_change_map(change_map, h, w), len(timesteps))
         return timesteps, latents, SoftReset(sampler, original, initial_noise, start, keep)
 
-    def _unet(self, model_in: np.ndarray, t: int, conditioning: tuple, rows: Optional[int]) -> np.ndarray:
-        """One step's UNet output for the whole batch, in equal calls of at most ``rows`` rows (None: one call). A
-        compiled UNet's working memory grows with its batch; the engine chooses ``rows`` (:func:`memory.unet_call_rows`)."""
-        batch = model_in.shape[0]
-        rows = max(d for d in range(1, min(rows or batch, batch) + 1) if batch % d == 0)
-        outputs = []
-        for start in range(0, model_in.shape[0], rows):
-            part = slice(start, start + rows)
-            t_in = self.unet.time_proj(np.full(model_in[part].shape[0], t))
-            out = self._unet_fn(self._tensor(model_in[part]), t_in, *(self._tensor(c[part]) for c in conditioning))
-            outputs.append(out.asnumpy().astype(np.float32))
+    def _unet_calls(self, conditioning: tuple, rows: Optional[int]) -> list:
+        """How a step's UNet batch is cut into equal calls of at most ``rows`` rows (None: one call), as (rows of
+        the call, its text hidden states, text embeddings and image embeddings as Tensors), made once per run. A
+        compiled UNet's working memory grows with its batch; the engine chooses ``rows``
+        (:func:`memory.unet_call_rows`)."""
+        batch = conditioning[0].shape[0]
+        size = next(d for d in equal_call_sizes(batch) if d <= (rows or batch))
+        return [(slice(start, start + size), *(self._tensor(c[start:start + size]) for c in conditioning))
+                for start in range(0, batch, size)]
+
+    def _unet(self, model_in: np.ndarray, t: int, calls: list) -> np.ndarray:
+        """One step's UNet output for the whole batch, in the calls of :meth:`_unet_calls`."""
+        part = calls[0][0]
+        t_in = self.unet.time_proj(np.full(part.stop - part.start, t))
+        outputs = [self._unet_fn(self._tensor(model_in[part]), t_in, *encodings).asnumpy().astype(np.float32)
+                   for part, *encodings in calls]
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
     def _denoise(self, sampler, timesteps, latents, conditioning, cfg: bool, guidance_scale: float, noise,
@@ -344,12 +350,13 @@ class InpaintPipeline:
         ``conditioning``: (masked image latents, mask, text hidden states, text embeddings, image embeddings), arrays
         of one row per UNet row."""
         masked_in, mask_in, *encodings = conditioning
+        calls = self._unet_calls(tuple(encodings), unet_rows)
         for i, t in enumerate(timesteps):
             if reset is not None:
                 latents = reset(i, latents)
             model_in = np.concatenate([latents, latents]) if cfg else latents
             model_in = np.concatenate([model_in, masked_in, mask_in], axis=1)
-            eps, variance = self._guide(self._unet(model_in, int(t), encodings, unet_rows), cfg, guidance_scale)
+            eps, variance = self._guide(self._unet(model_in, int(t), calls), cfg, guidance_scale)
             model_out = np.concatenate([eps, variance], axis=1) if sampler.uses_variance else eps
             step_noise = noise.randn(latents.shape) if sampler.needs_noise(int(t)) else None
             latents = sampler.step(model_out, int(t), latents, step_noise)

@@ -86,6 +86,12 @@ def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: st
     return int(weights + working + _RUNTIME_GB * GB)
 
 
+def equal_call_sizes(batch: int) -> list:
+    """The rows per call that cut ``batch`` rows into equal calls (one compiled shape), largest first: the
+    divisors of ``batch``."""
+    return [d for d in range(batch, 0, -1) if batch % d == 0]
+
+
 def unet_call_rows(root: Path, height: int, width: int, batch: int, dtype: str = "float32",
                    loaded: bool = False) -> int:
     """How many of a step's ``batch`` UNet rows (x2 with guidance) one UNet call takes: all of them when the run fits
@@ -97,7 +103,7 @@ def unet_call_rows(root: Path, height: int, width: int, batch: int, dtype: str =
     available = available_bytes()
     if available is None:
         return batch
-    for rows in (d for d in range(batch, 0, -1) if batch % d == 0):
+    for rows in equal_call_sizes(batch):
         if decoder_peak_bytes(root, height, width, rows, dtype, loaded) <= available:
             return rows
     need = decoder_peak_bytes(root, height, width, 1, dtype, loaded)

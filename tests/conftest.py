@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -65,13 +64,10 @@ def tool_cache(tmp_path_factory):
     processes inherit it) share its compiled graphs and per-model constants, as one user's runs do."""
     from kandinsky_cli.cache import CACHE_VARIABLE
 
-    before = os.environ.get(CACHE_VARIABLE)
-    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("tool-cache"))
-    yield Path(os.environ[CACHE_VARIABLE])
-    if before is None:
-        os.environ.pop(CACHE_VARIABLE, None)
-    else:
-        os.environ[CACHE_VARIABLE] = before
+    path = tmp_path_factory.mktemp("tool-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_VARIABLE, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -81,9 +81,15 @@ class SelfAttention(layers.AttentionCell):
         self.to_v = Linear(dim, inner)
         self.to_out = nn.CellList([Linear(inner, dim)])
 
-    def construct(self, x, mask=None):
-        out = layers.attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads, mask, self.bf16)
-        return self.to_out[0](out)
+    def construct(self, x, mask=None, past_keys=None, past_values=None):
+        """(output, keys, values): ``past_keys``/``past_values`` (B, P, inner), those of P earlier tokens, come
+        before this call's tokens in the keys and values attended to (and returned)."""
+        keys, values = self.to_k(x), self.to_v(x)
+        if past_keys is not None:
+            keys = ops.concat((past_keys, keys), 1)
+            values = ops.concat((past_values, values), 1)
+        out = layers.attention(self.to_q(x), keys, values, self.heads, mask, self.bf16)
+        return self.to_out[0](out), keys, values
 
 
 class GELUProj(nn.Cell):
@@ -118,9 +124,11 @@ class BasicTransformerBlock(nn.Cell):
         self.norm3 = LayerNorm(dim, 1e-5)
         self.ff = FeedForward(dim)
 
-    def construct(self, x, mask=None):
-        x = x + self.attn1(self.norm1(x), mask)
-        return x + self.ff(self.norm3(x))
+    def construct(self, x, mask=None, past_keys=None, past_values=None):
+        """(output, keys, values) of the self-attention (see :meth:`SelfAttention.construct`)."""
+        attended, keys, values = self.attn1(self.norm1(x), mask, past_keys, past_values)
+        x = x + attended
+        return x + self.ff(self.norm3(x)), keys, values
 
 
 class PriorTransformer(nn.Cell):
@@ -163,28 +171,71 @@ class PriorTransformer(nn.Cell):
 
     def construct(self, hidden_states, timestep_embedding_input, proj_embedding, encoder_hidden_states,
                   attention_mask=None):
+        b = hidden_states.shape[0]
+        h = ops.concat((self._prefix_tokens(proj_embedding, encoder_hidden_states),
+                        self._step_tokens(hidden_states, timestep_embedding_input)), 1)
+        h = h + self.positional_embedding.astype(h.dtype)
+        mask = None if attention_mask is None else self._attention_mask(attention_mask, b, h.dtype)
+        for block in self.transformer_blocks:
+            h, _, _ = block(h, mask)
+        return self._output(h)
+
+    # The prior attends causally (when it has an attention mask, as in every pipeline call): a token sees only
+    # itself and the tokens before it. Its tokens are [text tokens, text embedding, time, x, prd]: the first
+    # ``num_embeddings + 1`` do not depend on the step, so their keys and values in every layer are the same
+    # at every denoising step. ``prefix`` computes them once per prompt; ``step`` runs only the last 3 tokens
+    # against them: the same result as ``construct`` at ~3/81 of its products per step.
+    def prefix(self, proj_embedding, encoder_hidden_states, attention_mask):
+        """The step-independent part of ``construct`` (``attention_mask`` required: without one the prior is not
+        causal): (keys, values) per layer, each a tuple of (B, num_embeddings + 1, inner), and the attention mask
+        of the step tokens (B, 1, 3, seq), to pass to :meth:`step`."""
+        b = proj_embedding.shape[0]
+        h = self._prefix_tokens(proj_embedding, encoder_hidden_states)
+        count = h.shape[1]
+        h = h + self.positional_embedding[:, :count].astype(h.dtype)
+        mask = self._attention_mask(attention_mask, b, h.dtype)
+        prefix_mask = mask[:, :, :count, :count]
+        keys, values = (), ()
+        for block in self.transformer_blocks:
+            h, k, v = block(h, prefix_mask)
+            keys += (k,)
+            values += (v,)
+        return keys, values, mask[:, :, count:, :]
+
+    def step(self, hidden_states, timestep_embedding_input, keys, values, step_mask):
+        """``construct`` given :meth:`prefix`'s keys, values and step mask for the same conditioning."""
+        h = self._step_tokens(hidden_states, timestep_embedding_input)
+        h = h + self.positional_embedding[:, -h.shape[1]:].astype(h.dtype)
+        for i, block in enumerate(self.transformer_blocks):
+            h, _, _ = block(h, step_mask, keys[i], values[i])
+        return self._output(h)
+
+    def _prefix_tokens(self, proj_embedding, encoder_hidden_states):
+        """[text tokens, text embedding] (B, num_embeddings + 1, inner), before the positional embedding."""
         dtype = self.positional_embedding.dtype    # the compute dtype (bf16 networks drop Dense weights)
+        enc = self.encoder_hidden_states_proj(encoder_hidden_states.astype(dtype))  # (B, L, inner)
+        proj = self.embedding_proj(proj_embedding.astype(dtype))  # (B, inner)
+        return ops.concat((enc, proj[:, None]), 1)
+
+    def _step_tokens(self, hidden_states, timestep_embedding_input):
+        """[time, x, prd] (B, 3, inner), before the positional embedding."""
+        dtype = self.positional_embedding.dtype
         b = hidden_states.shape[0]
         temb = self.time_embedding(timestep_embedding_input.astype(dtype))  # (B, inner)
-        proj = self.embedding_proj(proj_embedding.astype(dtype))  # (B, inner)
-        enc = self.encoder_hidden_states_proj(encoder_hidden_states.astype(dtype))  # (B, L, inner)
         x = self.proj_in(hidden_states.astype(dtype))  # (B, inner)
         prd = ops.broadcast_to(self.prd_embedding.astype(dtype), (b, 1, self.inner_dim))
-        h = ops.concat((enc, proj[:, None], temb[:, None], x[:, None], prd), 1)
-        h = h + self.positional_embedding.astype(dtype)
+        return ops.concat((temb[:, None], x[:, None], prd), 1)
 
-        mask = None
-        if attention_mask is not None:
-            m = (1.0 - attention_mask.astype(dtype)) * MASK_VALUE  # (B, L)
-            pad = ops.zeros((b, self.additional_embeddings), dtype)
-            m = ops.concat((m, pad), 1)  # (B, L + additional)
-            mask = (m[:, None, :] + self.causal_attention_mask.astype(dtype)).astype(dtype)
-            mask = mask[:, None]  # (B, 1, S, S): the same for every head
+    def _attention_mask(self, attention_mask, b: int, dtype):
+        """diffusers' additive mask (B, 1, seq, seq), the same for every head: padded text tokens, and causal."""
+        m = (1.0 - attention_mask.astype(dtype)) * MASK_VALUE  # (B, L)
+        pad = ops.zeros((b, self.additional_embeddings), dtype)
+        m = ops.concat((m, pad), 1)  # (B, L + additional)
+        mask = (m[:, None, :] + self.causal_attention_mask.astype(dtype)).astype(dtype)
+        return mask[:, None]
 
-        for block in self.transformer_blocks:
-            h = block(h, mask)
-        h = self.norm_out(h)
-        return self.proj_to_clip_embeddings(h[:, -1])
+    def _output(self, h):
+        return self.proj_to_clip_embeddings(self.norm_out(h)[:, -1])
 
     def timestep_input(self, t, batch: int) -> Tensor:
         """Host-side sinusoidal projection of timestep(s) ``t`` (int or array of B), float32 (B, inner)."""

@@ -69,9 +69,10 @@ class PriorPipeline:
             text_encoder = with_precision(
                 CLIPTextModelWithProjection.from_pretrained(self.root / "text_encoder", dtype), bf16)
             prior = with_precision(PriorTransformer.from_pretrained(self.root / "prior", dtype), bf16)
-            return text_encoder, prior, compiled(text_encoder, mode), compiled(prior, mode)
+            return (text_encoder, prior, compiled(text_encoder, mode), compiled(prior.prefix, mode),
+                    compiled(prior.step, mode))
 
-        self.text_encoder, self.prior, self._text_fn, self._prior_fn = model_io.compiled_once(
+        self.text_encoder, self.prior, self._text_fn, self._prefix_fn, self._step_fn = model_io.compiled_once(
             "prior", [self.root / "text_encoder", self.root / "prior"], mode, (str(self.dtype), bf16), networks)
         self.scheduler = model_io.build_scheduler(UnCLIPScheduler, self.root / "scheduler")
         processor = self.root / "image_processor"
@@ -166,12 +167,13 @@ class PriorPipeline:
         timesteps = self.scheduler.timesteps(num_inference_steps)
         latents = noise.randn((batch, self.embedding_dim)) * np.float32(self.scheduler.init_noise_sigma)
         trace = {"noise_00": latents.copy(), "step_latents_in": [], "step_model_out_cfg": [], "step_latents_out": []}
-        t_embeds, t_hidden, t_mask = self._tensor(embeds), self._tensor(hidden), self._tensor(mask)
+        # the text tokens' part of the prior, the same at every step (PriorTransformer.prefix), computed once
+        keys, values, step_mask = self._prefix_fn(self._tensor(embeds), self._tensor(hidden), self._tensor(mask))
         for i, t in enumerate(timesteps):
             trace["step_latents_in"].append(latents)
             model_in = np.concatenate([latents, latents]) if cfg else latents
             t_in = self.prior.timestep_input(int(t), model_in.shape[0])
-            pred = self._prior_fn(self._tensor(model_in), t_in, t_embeds, t_hidden, t_mask)
+            pred = self._step_fn(self._tensor(model_in), t_in, keys, values, step_mask)
             pred = pred.asnumpy().astype(np.float32)
             if cfg:
                 uncond, cond = np.split(pred, 2)

@@ -51,7 +51,8 @@ from bench_workloads import (clip_text_ms, clip_text_torch, component_group, lat
                              load_tiny_torch, matmul_ms, matmul_params, matmul_torch, mclip_ms, mclip_torch,
                              movq_decode_ms, movq_decode_torch, movq_encode_ms, movq_encode_torch, ms_clip_text,
                              ms_mclip, ms_movq, ms_prior, ms_unet, nothing_group, pipeline_ms, pipeline_params,
-                             pipeline_torch, prior_ms, prior_torch, quiet_diffusers, real_pipeline_group,
+                             pipeline_torch, prior_cached_step_ms, prior_ms, prior_torch, quiet_diffusers,
+                             real_pipeline_group,
                              tiny_pipeline_group, torch_clip_text, torch_mclip, torch_movq, torch_prior, torch_unet,
                              unet_ms, unet_torch)
 from diffusers_inpaint import SCHEDULERS  # noqa: E402
@@ -120,6 +121,10 @@ TABLE = (
           "compiled PriorTransformer(x (2, 768), timestep_input, proj (2, 768), hidden (2, 77, 768), "
           "mask (2, 77)) + asnumpy",
           "diffusers PriorTransformer(same inputs, bool mask)"),
+    Entry("prior-step-cached", "prior", prior_cached_step_ms, prior_torch,
+          "compiled PriorTransformer.step(x, timestep_input, the text tokens' keys/values from prefix()) + asnumpy: "
+          "a step as PriorPipeline runs it (prefix computed once per prompt, not timed)",
+          "diffusers PriorTransformer, the whole sequence, as KandinskyPriorPipeline runs every step"),
     Entry("unet-step-{size}", "unet", unet_ms, unet_torch,
           "compiled UNet(sample (2, 9, {lat}, {lat}), time_proj, hidden (2, 77, 1024), "
           "text/image embeds (2, 768)) + asnumpy",
@@ -155,8 +160,8 @@ TABLE = (
           MS_ONLY, default=False, listed=("sampler-convergence-tiny",)),
 )
 
-DEFAULT_WORKLOADS = ("load-tiny", "pipeline-tiny-64-10", "clip-text", "mclip-text", "prior-step", "unet-step-256",
-                     "unet-step-768", "movq-encode-768", "movq-decode-768")
+DEFAULT_WORKLOADS = ("load-tiny", "pipeline-tiny-64-10", "clip-text", "mclip-text", "prior-step", "prior-step-cached",
+                     "unet-step-256", "unet-step-768", "movq-encode-768", "movq-decode-768")
 FIELDS = {"size": r"\d+", "steps": r"\d+", "width": r"\d+", "height": r"\d+", "region": "full|mask"}
 
 

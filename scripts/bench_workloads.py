@@ -445,6 +445,20 @@ def prior_ms(ctx, models, dtype, p):
     return run
 
 
+def prior_cached_step_ms(ctx, models, dtype, p):
+    from kandinsky_cli.layers import compiled
+
+    cell = models["prior"]
+    prefix, step = compiled(cell.prefix, ctx.mode), compiled(cell.step, ctx.mode)
+    x, proj, hidden, mask = _prior_inputs(cell.embedding_dim, cell.config["num_embeddings"])
+    x, proj, hidden, mask = (_ms_tensor(a, dtype) for a in (x, proj, hidden, mask))
+    keys, values, step_mask = prefix(proj, hidden, mask)    # once per prompt in PriorPipeline, not timed
+
+    def run():
+        return step(x, cell.timestep_input(STEP_T, CFG_BATCH), keys, values, step_mask).asnumpy()
+    return run
+
+
 def unet_torch(ctx, models, dtype, p):
     import torch
 

@@ -279,3 +279,32 @@ def test_prior_defaults():
     cfg = PriorTransformer({"num_layers": 0}).config
     assert cfg["inner_dim"] == 2048 and cfg["time_embed_dim"] == 2048
     assert cfg["embedding_proj_dim"] == 768 and cfg["clip_embed_dim"] == 768
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_prior_prefix_and_step_equal_the_whole_sequence(mode):
+    """PriorPipeline's per-step path: the text tokens' keys/values computed once (``prefix``), then ``step`` on the
+    last three tokens, equals ``construct`` on the whole sequence (a causal prior, several layers, padded texts of
+    different lengths), at every timestep, compiled or not."""
+    from kandinsky_cli.layers import compiled
+
+    config = dict(num_attention_heads=3, attention_head_dim=8, num_layers=3, embedding_dim=16, num_embeddings=10)
+    cell = _randomize(PriorTransformer(config), seed=1)
+    rng = np.random.default_rng(1)
+    mask = np.ones((2, 10), np.float32)
+    mask[0, 3:] = 0
+    mask[1, 7:] = 0
+    proj = Tensor(rng.standard_normal((2, 16)).astype(np.float32))
+    hidden = Tensor(rng.standard_normal((2, 10, 16)).astype(np.float32))
+    keys, values, step_mask = compiled(cell.prefix, mode)(proj, hidden, Tensor(mask))
+    assert len(keys) == len(values) == 3 and keys[0].shape == (2, 11, 24) and step_mask.shape == (2, 1, 3, 14)
+    whole, step = compiled(cell, mode), compiled(cell.step, mode)
+    for t in (999, 500, 0):
+        x = Tensor(rng.standard_normal((2, 16)).astype(np.float32))
+        t_in = cell.timestep_input(t, 2)
+        expected = whole(x, t_in, proj, hidden, Tensor(mask)).asnumpy()
+        got = step(x, t_in, keys, values, step_mask).asnumpy()
+        assert_scaled(got, expected, 1e-6, f"t={t}")
+        # and the prefix matters: the step of another text differs
+        other = step(x, t_in, keys[::-1], values[::-1], step_mask).asnumpy()
+        assert scaled_error(other, expected) > 1e-3

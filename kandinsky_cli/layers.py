@@ -90,6 +90,7 @@ def winograd_conv3x3(x, weight):
     n, c, h, w = x.shape
     co = weight.shape[0]
     tiles = (h // 4) * (w // 4)
+    weight = ops.depend(weight, x)   # transform the weights when x is there, not all at once at the start
     u = _matmul_nt2d(_WINO_KG, weight.reshape(co * c, 9)).reshape(36, co, c)
     d = ops.unfold(x, kernel_size=6, padding=1, stride=4).reshape(n * c * 36, tiles)      # rows (n, c, t)
     d = ops.gather(d, _row_order(n, c, 36), 0).reshape(36, -1)                             # rows (t, c, n)

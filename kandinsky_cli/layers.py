@@ -58,17 +58,18 @@ WINOGRAD = os.environ.get("KANDINSKY_WINOGRAD", "1").strip().lower() not in ("0"
 
 
 def winograd_pays(shape, in_channels: int, out_channels: int) -> bool:
-    """Where Winograd is used: >= 384 channels and >= 288 output tiles of 4x4 (e.g. CFG batch 2 at 48x48).
+    """Where Winograd is used: >= 384 channels and >= 36 output tiles of 4x4 (e.g. CFG batch 2 at 24x24).
 
-    Measured on a 2-core CPU against MindSpore's direct convolution (float32, compiled): 0.5-0.75x the time
-    there, slower for small maps or few channels (the transforms then dominate). Deeper, smaller maps with
-    1152-1536 channels would also run faster, but a compiled graph keeps each convolution's transformed
-    weights (36/9 of the weights) alive: at 768x768 that cost ~4 GB more RSS for ~0.8 s of a 15 s UNet step.
+    Measured on a 2-core CPU against MindSpore's direct convolution (float32, compiled, 8 convolutions in a row):
+    1152 channels at 24x24, batch 2 (72 tiles): 0.93 s against 2.44 s; batch 1 (36 tiles): 0.77 s against 1.51 s;
+    1536 channels at 12x12, batch 2 (18 tiles): 1.03 s against 1.10 s, no gain, and slower for fewer tiles or
+    channels (the transforms then dominate). On the real UNet step at 768x768 (batch 2): 23.0 s against 28.2 s
+    with the previous limit of 288 tiles, peak RSS 9.07 GB against 8.97 GB.
     """
     n, _, h, w = shape
     if h % 4 or w % 4:
         return False
-    return min(in_channels, out_channels) >= 384 and n * (h // 4) * (w // 4) >= 288
+    return min(in_channels, out_channels) >= 384 and n * (h // 4) * (w // 4) >= 36
 
 
 _matmul_nt2d = ops.MatMul(transpose_b=True)

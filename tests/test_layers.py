@@ -83,8 +83,9 @@ def test_winograd_only_where_it_pays():
     assert layers.winograd_pays((2, 768, 96, 96), 768, 768)
     assert layers.winograd_pays((2, 384, 48, 48), 384, 384)
     assert layers.winograd_pays((1, 512, 96, 96), 512, 512)
-    assert not layers.winograd_pays((2, 1536, 24, 24), 1536, 1536)     # too few tiles
-    assert not layers.winograd_pays((2, 1152, 12, 12), 1152, 1536)
+    assert layers.winograd_pays((2, 1536, 24, 24), 1536, 1536)
+    assert layers.winograd_pays((1, 1152, 24, 24), 1152, 1152)
+    assert not layers.winograd_pays((2, 1152, 12, 12), 1152, 1536)     # too few tiles
     assert not layers.winograd_pays((1, 128, 768, 768), 128, 128)      # too few channels
     assert not layers.winograd_pays((2, 768, 50, 48), 768, 768)        # not a multiple of 4
     assert not layers.winograd_pays((2, 32, 32, 32), 32, 64)

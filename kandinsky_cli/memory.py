@@ -2,14 +2,13 @@
 
 The estimate is the decoder's weights (from the safetensors headers) plus the UNet's working memory, a function of
 the latent pixels fitted to the peak RSS measured for the real Kandinsky 2.1 UNet in float32 with guidance (batch
-2): 6.6 GB at 256x256, 8.4 GB at 512x512, 13.7 GB at 768x768 (docs/performance.md). The working part scales with
-the batch and with the UNet's first block width (384 in the real model); the quadratic term is attention, whose
-score matrices grow with the square of the number of latent pixels. ``KANDINSKY_MEMORY_CHECK=0`` turns the check off.
+2; 4.9 GB of it weights): 6.3 GB at 256x256, 7.1 GB at 512x512, 9.1 GB at 768x768 (docs/performance.md), plus a
+fixed part for MindSpore, the MoVQ and the text encodings. The working part scales with the batch and with the
+UNet's first block width (384 in the real model). ``KANDINSKY_MEMORY_CHECK=0`` turns the check off.
 
 The working part also grows with the rows of one UNet call, so a step whose batch (the guidance halves times the
-images) does not fit in one call runs in several (:func:`unet_call_rows`): measured on the real-size UNet at 768x768
-in float32 on 2 cores, one call of batch 2 peaks at 12.2 GB RSS and takes 24.1 s, two calls of batch 1 peak at
-8.4 GB and take 27.3 s (docs/performance.md). A run is refused only when one row per call does not fit.
+images) does not fit in one call runs in several (:func:`unet_call_rows`), and a run is refused only when one row
+per call does not fit.
 """
 from __future__ import annotations
 
@@ -20,9 +19,13 @@ from typing import Optional
 from .errors import UserError
 
 GB = 1024 ** 3
-# Fitted working memory per megapixel of the working size (batch 2, 384-wide UNet, float32).
-_LINEAR_GB_PER_MP = 4.78
-_QUADRATIC_GB_PER_MP2 = 13.36
+# The UNet's working memory (batch 2, 384-wide UNet, float32), in GiB: a fixed part, a part per megapixel of the
+# working size, and the attention at the 1/16 scale (12 heads): its scores and softmax (~2.5x the scores, measured on
+# one such layer) grow with the square of the pixels. Fitted to 0.95 / 1.78 / 3.71 GB measured above the weights and
+# the process at 256 / 512 / 768.
+_FIXED_GB = 0.69
+_LINEAR_GB_PER_MP = 2.67
+_QUADRATIC_GB_PER_MP2 = 3.41
 _RUNTIME_GB = 1.4          # MindSpore, the MoVQ's activations, the text encodings
 _REFERENCE_WIDTH = 384
 _REFERENCE_BATCH = 2
@@ -82,7 +85,7 @@ def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: st
     channels = resolve_config(model_io.read_config(root / "unet"))["block_out_channels"]
     scale = (rows / _REFERENCE_BATCH) * (float(channels[0]) / _REFERENCE_WIDTH)
     mp = height * width / 1e6
-    working = scale * (_LINEAR_GB_PER_MP * mp + _QUADRATIC_GB_PER_MP2 * mp * mp) * GB
+    working = scale * (_FIXED_GB + _LINEAR_GB_PER_MP * mp + _QUADRATIC_GB_PER_MP2 * mp * mp) * GB
     return int(weights + working + _RUNTIME_GB * GB)
 
 

@@ -36,7 +36,8 @@ def test_bench_json_rows_tiny_pipeline():
 def test_bench_list_and_bad_workload():
     proc = run_bench("--list", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for name in ("unet-step-256", "unet-step-768", "movq-decode-768", "prior-step", "pipeline-tiny-64-10"):
+    for name in ("unet-step-256", "unet-step-768", "movq-decode-768", "prior-step", "prior-step-cached",
+                 "pipeline-tiny-64-10"):
         assert name in proc.stdout
     proc = run_bench("--workload", "no-such-row", "--json", timeout=60)
     assert proc.returncode != 0 and "unknown workload" in proc.stderr

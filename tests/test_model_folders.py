@@ -448,6 +448,6 @@ def test_compiled_networks_are_loaded_once_per_process_and_weights(tmp_path):
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10 ** 9))
     assert InpaintPipeline(copy).unet is not same.unet          # the file changed: loaded again
     prior = PriorPipeline(FIXTURE / "prior")
-    assert PriorPipeline(FIXTURE / "prior").prior is prior.prior and PriorPipeline(FIXTURE / "prior")._prior_fn \
-        is prior._prior_fn
+    again = PriorPipeline(FIXTURE / "prior")
+    assert again.prior is prior.prior and again._prefix_fn is prior._prefix_fn and again._step_fn is prior._step_fn
     assert PriorPipeline(FIXTURE / "prior", mode="pynative").prior is not prior.prior

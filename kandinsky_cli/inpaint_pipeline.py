@@ -250,8 +250,11 @@ class InpaintPipeline:
         """Drop the text encoder's weights (cached encodings stay; it reloads when a new text comes)."""
         import gc
 
+        from .layers import release_eager_memory
+
         self.text_encoder = self._text_fn = None
         gc.collect()
+        release_eager_memory()
 
     def clear_text_cache(self) -> None:
         self._text_cache.clear()

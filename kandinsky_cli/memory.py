@@ -4,7 +4,7 @@ The estimate is the decoder's weights (from the safetensors headers) plus the UN
 the latent pixels fitted to the peak RSS measured for the real Kandinsky 2.1 UNet in float32 with guidance (batch
 2; 4.9 GB of it weights): 6.3 GB at 256x256, 7.1 GB at 512x512, 9.1 GB at 768x768 (docs/performance.md), plus a
 fixed part for MindSpore, the MoVQ and the text encodings, and what the MoVQ decode adds after the UNet loop (the
-whole command at 768x768 peaked at 12.4-13.7 GB). The working part scales with the batch and with the
+whole command at 768x768 peaks at 12.7 GB). The working part scales with the batch and with the
 UNet's first block width (384 in the real model). ``KANDINSKY_MEMORY_CHECK=0`` turns the check off.
 
 The working part also grows with the rows of one UNet call, so a step whose batch (the guidance halves times the
@@ -30,8 +30,8 @@ _QUADRATIC_GB_PER_MP2 = 3.41
 _RUNTIME_GB = 1.4          # MindSpore, the MoVQ's activations, the text encodings
 # What the MoVQ decode after the UNet loop adds (one image, 128-wide MoVQ), in GiB per megapixel: the decoder process
 # does not give back the UNet's working memory, and the compiled decode needs its own on top. Measured as the whole
-# command's peak at 768x768 over the UNet step's alone: 12.4-13.7 GB against 9.1 GB.
-_MOVQ_DECODE_GB_PER_MP = 5.9
+# command's peak at 768x768 (empty compile cache) over the UNet step's alone: 12.7 GB against 9.1 GB.
+_MOVQ_DECODE_GB_PER_MP = 4.3
 _MOVQ_REFERENCE_WIDTH = 128
 _REFERENCE_WIDTH = 384
 _REFERENCE_BATCH = 2

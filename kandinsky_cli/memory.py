@@ -77,25 +77,33 @@ def weight_bytes(component_dir: Path, bytes_per_value: int = 4) -> int:
     return weight_count(component_dir) * bytes_per_value
 
 
-def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: str = "float32",
-                       loaded: bool = False) -> int:
-    """Estimated peak memory of a decoder run at ``height`` x ``width`` with UNet calls of ``rows`` rows; with
-    ``loaded`` the weights are in the process already (not counted again)."""
+def _peak_for_rows(root: Path, height: int, width: int, dtype: str, loaded: bool):
+    """:func:`decoder_peak_bytes` as a function of the rows per call: the folder's headers and configs read once."""
     from . import model_io
+    from .movq import vq_arguments
+    from .unet import resolve_config
 
     root = Path(root)
     value_bytes = 2 if dtype == "float16" else 4
     weights = 0 if loaded else sum(weight_bytes(root / part, value_bytes) for part in ("unet", "movq"))
-    from .movq import vq_arguments
-    from .unet import resolve_config
-
     channels = resolve_config(model_io.read_config(root / "unet"))["block_out_channels"]
-    scale = (rows / _REFERENCE_BATCH) * (float(channels[0]) / _REFERENCE_WIDTH)
     mp = height * width / 1e6
-    working = scale * (_FIXED_GB + _LINEAR_GB_PER_MP * mp + _QUADRATIC_GB_PER_MP2 * mp * mp) * GB
     movq_width = vq_arguments(model_io.read_config(root / "movq"))["block_out_channels"][0]
     decode = _MOVQ_DECODE_GB_PER_MP * mp * (movq_width / _MOVQ_REFERENCE_WIDTH) * GB
-    return int(weights + working + decode + _RUNTIME_GB * GB)
+
+    def peak(rows: int) -> int:
+        scale = (rows / _REFERENCE_BATCH) * (float(channels[0]) / _REFERENCE_WIDTH)
+        working = scale * (_FIXED_GB + _LINEAR_GB_PER_MP * mp + _QUADRATIC_GB_PER_MP2 * mp * mp) * GB
+        return int(weights + working + decode + _RUNTIME_GB * GB)
+
+    return peak
+
+
+def decoder_peak_bytes(root: Path, height: int, width: int, rows: int, dtype: str = "float32",
+                       loaded: bool = False) -> int:
+    """Estimated peak memory of a decoder run at ``height`` x ``width`` with UNet calls of ``rows`` rows; with
+    ``loaded`` the weights are in the process already (not counted again)."""
+    return _peak_for_rows(root, height, width, dtype, loaded)(rows)
 
 
 def equal_call_sizes(batch: int) -> list:
@@ -115,9 +123,10 @@ def unet_call_rows(root: Path, height: int, width: int, batch: int, dtype: str =
     available = available_bytes()
     if available is None:
         return batch
+    peak = _peak_for_rows(root, height, width, dtype, loaded)
     for rows in equal_call_sizes(batch):
-        if decoder_peak_bytes(root, height, width, rows, dtype, loaded) <= available:
+        if peak(rows) <= available:
             return rows
-    need = decoder_peak_bytes(root, height, width, 1, dtype, loaded)
+    need = peak(1)
     raise UserError(f"a {width}x{height} run needs about {need / GB:.1f} GB but {available / GB:.1f} GB are "
                     f"available: use a smaller size (--height/--width), or set KANDINSKY_MEMORY_CHECK=0 to try anyway")
